@@ -1,0 +1,176 @@
+"""Per-step metrics for machines (``metrics.jsonl``) and people (TensorBoard, console).
+
+:class:`PhaseMetricsProcessor` is torchtitan's ``MetricsProcessor`` with two additions:
+
+* every logged training step also reports the lr of each param group (as the optimizer used
+  it, captured just before ``optimizer.step``) and the number of trainable parameters;
+  subclasses or the trainer add more through :meth:`PhaseMetricsProcessor.add_step_metrics`;
+* a :class:`JsonlLogger` writes ``<job.dump_folder>/metrics.jsonl`` beside TensorBoard, one JSON
+  object per logged step, whether or not TensorBoard is enabled.
+
+The JSONL schema (keys absent when not measured)::
+
+    {"type": "train", "step": 20, "loss": 3.21, "max_loss": 3.4, "grad_norm": 0.9,
+     "lr": [0.0008, 0.0001], "tokens_per_second": 5120.3, "step_time_s": 0.41,
+     "trainable_params": 1234567, "memory_peak_gib": 1.02, "mfu_pct": 3.1, "time": 1.7e9,
+     ...extra keys such as "phase"}
+    {"type": "validation", "step": 20, "loss": 3.05, ...}
+
+**Limitations**
+Written by the metrics rank only (rank 0, or the loss-visible rank under pipeline parallelism),
+like torchtitan's TensorBoard logs. The file is append-only: a resumed run appends lines for
+steps it repeats, so readers should take the last line for a step (each run starts with a
+``{"type": "run_start", ...}`` line).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import torch
+from torchtitan.components.metrics import (
+    _get_metrics_rank,
+    BaseLogger,
+    LoggerContainer,
+    MetricsProcessor,
+)
+from torchtitan.config import JobConfig
+from torchtitan.distributed import ParallelDims
+
+METRICS_FILE = "metrics.jsonl"
+
+# torchtitan metric name -> metrics.jsonl key
+_JSONL_KEYS = {
+    "loss_metrics/global_avg_loss": "loss",
+    "loss_metrics/global_max_loss": "max_loss",
+    "grad_norm": "grad_norm",
+    "throughput(tps)": "tokens_per_second",
+    "time_metrics/end_to_end(s)": "step_time_s",
+    "memory/max_reserved(GiB)": "memory_peak_gib",
+    "mfu(%)": "mfu_pct",
+    "validation_metrics/loss": "loss",
+    "validation_metrics/throughput(tps)": "tokens_per_second",
+    "validation_metrics/memory/max_reserved(GiB)": "memory_peak_gib",
+}
+_LR_PREFIX = "lr/group_"
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_jsonl_record(metrics: dict[str, Any], step: int) -> dict[str, Any]:
+    """Translate one torchtitan metrics dict into a ``metrics.jsonl`` record."""
+    is_validation = any(k.startswith("validation_metrics/") for k in metrics)
+    record: dict[str, Any] = {"type": "validation" if is_validation else "train", "step": step}
+    lrs: dict[int, float] = {}
+    for name, value in metrics.items():
+        if name.startswith(_LR_PREFIX):
+            lrs[int(name[len(_LR_PREFIX) :])] = _json_value(value)
+        elif name in _JSONL_KEYS:
+            record[_JSONL_KEYS[name]] = _json_value(value)
+        elif "/" not in name and name != "lr":
+            record[name] = _json_value(value)
+    if lrs:
+        record["lr"] = [lrs[i] for i in sorted(lrs)]
+    record["time"] = time.time()
+    return record
+
+
+class JsonlLogger(BaseLogger):
+    """Appends one JSON object per ``log`` call to ``path``, flushed so a kill loses nothing."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path = path
+        self._file = open(path, "a", buffering=1)
+        self._write({"type": "run_start", "time": time.time(), "pid": os.getpid()})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self._write(to_jsonl_record(metrics, step))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def trainable_parameter_count(model_parts: list[torch.nn.Module]) -> int:
+    """Global count (DTensor ``numel`` is the unsharded size) of params with requires_grad."""
+    return sum(p.numel() for m in model_parts for p in m.parameters() if p.requires_grad)
+
+
+class PhaseMetricsProcessor(MetricsProcessor):
+    """torchtitan's MetricsProcessor plus per-group lrs, trainable params and metrics.jsonl."""
+
+    def __init__(
+        self, job_config: JobConfig, parallel_dims: ParallelDims, tag: str | None = None
+    ) -> None:
+        super().__init__(job_config, parallel_dims, tag)
+        self._step_lrs: list[float] = []
+        self._extra_step_metrics: dict[str, Any] = {}
+        self._hooked_optimizers: Any = None
+        if torch.distributed.get_rank() == _get_metrics_rank(parallel_dims, job_config):
+            container = self.logger
+            if not isinstance(container, LoggerContainer):
+                container = LoggerContainer()
+                self.logger = container
+            container.add_logger(
+                JsonlLogger(os.path.join(job_config.job.dump_folder, METRICS_FILE))
+            )
+
+    @property
+    def optimizers(self) -> Any:
+        return self._hooked_optimizers
+
+    @optimizers.setter
+    def optimizers(self, optimizers: Any) -> None:
+        # torchtitan logs the lr of the step just taken; capture lrs right before the
+        # optimizer uses them, since schedulers advance them right after.
+        self._hooked_optimizers = optimizers
+        if optimizers is not None:
+            optimizers.register_step_pre_hook(self._capture_lrs)
+
+    def _capture_lrs(self, *args: Any, **kwargs: Any) -> None:
+        first = next(iter(self._hooked_optimizers))
+        self._step_lrs = [float(group["lr"]) for group in first.param_groups]
+
+    def add_step_metrics(self, metrics: dict[str, Any]) -> None:
+        """Metrics to report with the next logged training step (e.g. the phase index)."""
+        self._extra_step_metrics.update(metrics)
+
+    def log(
+        self,
+        step: int,
+        global_avg_loss: float,
+        global_max_loss: float,
+        grad_norm: float,
+        extra_metrics: dict[str, Any] | None = None,
+    ) -> None:
+        metrics = dict(extra_metrics or {})
+        metrics.update({f"{_LR_PREFIX}{i}": lr for i, lr in enumerate(self._step_lrs)})
+        if self.model_parts is not None:
+            metrics["trainable_params"] = trainable_parameter_count(self.model_parts)
+        metrics.update(self._extra_step_metrics)
+        super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=metrics)
+
+
+def build_phase_metrics_processor(
+    job_config: JobConfig,
+    parallel_dims: ParallelDims,
+    model_args: Any = None,
+    tag: str | None = None,
+) -> PhaseMetricsProcessor:
+    """TrainSpec ``build_metrics_processor_fn`` with torchtitan's signature."""
+    del model_args
+    return PhaseMetricsProcessor(job_config, parallel_dims, tag)

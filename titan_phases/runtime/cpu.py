@@ -1,0 +1,253 @@
+"""CPU (gloo) runtime for torchtitan 0.2.2's stock Trainer.
+
+torchtitan 0.2.2 assumes an accelerator: with none, ``device_type`` falls back to "cuda" and
+``Trainer.__init__`` fails in ``set_device``. This module is the one place where titan_phases
+patches torchtitan so the *unchanged* Trainer runs on CPU processes talking over gloo. It does
+nothing when an accelerator is present, so GPU code paths stay stock torchtitan.
+
+What :func:`activate_if_no_accelerator` switches, and why:
+
+* ``device_type``/``device_module``: torchtitan modules copy them at import time, so every
+  already-imported copy is rewritten. ``device_module`` becomes :class:`CPUDeviceModule`, which
+  answers torchtitan's CUDA-style calls with real host facts (CPU model name, RAM size, peak
+  RSS of this process) instead of pretending to be a GPU.
+* Peak FLOPs for MFU: torchtitan shells out to ``lspci`` and falls back to an A100 figure. On
+  CPU the peak is measured once per process with an fp32 matmul probe.
+* FSDP2 gradient reduction: torchtitan's reduce-scatter uses PREMUL_SUM/AVG, which gloo
+  rejects. Every FSDP module built by a TrainSpec's ``parallelize_fn`` is switched to plain sum
+  reduction; torchtitan already divides the loss by the global token count, so summed grads
+  equal the single-process gradient.
+* Profiler: torchtitan passes ``[CPU, None]`` as activities when no GPU exists, which the
+  profiler rejects; the ``None`` is dropped.
+
+**Limitations**
+Memory snapshots (``profiling.enable_memory_snapshot``) are CUDA-only and raise a clear error.
+"Memory" figures are host RSS, shared by everything in the process, not device memory. These
+patches can go once torchtitan supports a CPU device type itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+_CUDA_ONLY_HINT = "is CUDA-only; disable it when running on CPU"
+
+
+def accelerator_available() -> bool:
+    return torch.accelerator.is_available()
+
+
+def use_gloo_reductions(model: nn.Module) -> nn.Module:
+    """Make every FSDP2 module in ``model`` reduce gradients with plain SUM (gloo supports it)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def _read_proc_kib(path: str, key: str) -> int:
+    with open(path) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def _cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return "CPU " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU"
+
+
+class CPUDeviceModule:
+    """Stands in for ``torch.cuda`` where torchtitan calls device-module functions.
+
+    Memory statistics are this process's resident set size: current RSS as "active" and peak
+    RSS (``VmHWM``) as "reserved". ``reset_peak_memory_stats`` resets ``VmHWM`` through
+    ``/proc/self/clear_refs`` where the kernel allows it.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything torchtitan reaches for that a CPU has no equivalent of fails loudly.
+        if name == "memory":
+            raise RuntimeError(f"profiling.enable_memory_snapshot {_CUDA_ONLY_HINT}")
+        return getattr(torch.cpu, name)
+
+    @staticmethod
+    def set_device(device: torch.device | str | int) -> None:
+        del device
+
+    @staticmethod
+    def current_device() -> int:
+        return 0
+
+    @staticmethod
+    def device_count() -> int:
+        return 1
+
+    @staticmethod
+    def synchronize(device: Any = None) -> None:
+        del device
+
+    @staticmethod
+    def get_device_name(device: Any = None) -> str:
+        del device
+        return _cpu_model_name()
+
+    @staticmethod
+    def get_device_properties(device: Any = None) -> SimpleNamespace:
+        del device
+        return SimpleNamespace(total_memory=_read_proc_kib("/proc/meminfo", "MemTotal") * 1024)
+
+    @staticmethod
+    def memory_stats(device: Any = None) -> dict[str, int]:
+        del device
+        return {
+            "active_bytes.all.peak": _read_proc_kib("/proc/self/status", "VmRSS") * 1024,
+            "reserved_bytes.all.peak": _read_proc_kib("/proc/self/status", "VmHWM") * 1024,
+            "num_alloc_retries": 0,
+            "num_ooms": 0,
+        }
+
+    @staticmethod
+    def reset_peak_memory_stats(device: Any = None) -> None:
+        del device
+        with contextlib.suppress(OSError):
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+
+    @staticmethod
+    def empty_cache() -> None:
+        pass
+
+
+@functools.cache
+def measured_cpu_peak_flops(size: int = 512, seconds: float = 0.2) -> float:
+    """fp32 matmul FLOP/s this process reaches with its current thread count (measured once)."""
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    torch.mm(a, b)
+    reps = 0
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * size**3 * reps / elapsed
+
+
+class _ProfileWithoutMissingActivities(torch.profiler.profile):
+    def __init__(self, *args: Any, activities: Any = None, **kwargs: Any) -> None:
+        if activities is not None:
+            activities = [a for a in activities if a is not None]
+        super().__init__(*args, activities=activities, **kwargs)
+
+
+def _cpu_profiling(original: Callable) -> Callable:
+    @contextlib.contextmanager
+    def maybe_enable_profiling(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        saved = torch.profiler.profile
+        torch.profiler.profile = _ProfileWithoutMissingActivities
+        try:
+            context = original(*args, **kwargs)
+            value = context.__enter__()
+        finally:
+            torch.profiler.profile = saved
+        try:
+            yield value
+        except BaseException:
+            if not context.__exit__(*sys.exc_info()):
+                raise
+        else:
+            context.__exit__(None, None, None)
+
+    return maybe_enable_profiling
+
+
+def _with_gloo_reductions(parallelize_fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    @functools.wraps(parallelize_fn)
+    def parallelize(model: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
+        return use_gloo_reductions(parallelize_fn(model, *args, **kwargs))
+
+    parallelize.gloo_reductions = True  # type: ignore[attr-defined]
+    return parallelize
+
+
+def _spec_with_gloo_reductions(get_train_spec: Callable) -> Callable:
+    @functools.wraps(get_train_spec)
+    def wrapped(name: str) -> Any:
+        spec = get_train_spec(name)
+        if not getattr(spec.parallelize_fn, "gloo_reductions", False):
+            spec.parallelize_fn = _with_gloo_reductions(spec.parallelize_fn)
+        return spec
+
+    return wrapped
+
+
+_active = False
+
+
+def is_active() -> bool:
+    return _active
+
+
+def activate_if_no_accelerator() -> bool:
+    """Switch torchtitan to the CPU/gloo runtime unless an accelerator is present.
+
+    Idempotent. Returns True when the CPU runtime is (now) active.
+    """
+    global _active
+    if _active:
+        return True
+    if accelerator_available():
+        return False
+
+    import torchtitan.tools.utils as tt_utils
+
+    cuda_device_module = tt_utils.device_module
+    cuda_device_type = tt_utils.device_type
+    cpu_module = CPUDeviceModule()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("torchtitan") or module is None:
+            continue
+        if getattr(module, "device_type", None) == cuda_device_type:
+            module.device_type = "cpu"
+        if getattr(module, "device_module", None) is cuda_device_module:
+            module.device_module = cpu_module
+
+    tt_utils.get_peak_flops = lambda device_name: measured_cpu_peak_flops()
+
+    import torchtitan.tools.profiling as tt_profiling
+
+    tt_profiling.maybe_enable_profiling = _cpu_profiling(tt_profiling.maybe_enable_profiling)
+    train_module = sys.modules.get("torchtitan.train")
+    if train_module is not None:
+        train_module.maybe_enable_profiling = tt_profiling.maybe_enable_profiling
+
+    import torchtitan.protocols.train_spec as tt_train_spec
+
+    tt_train_spec.get_train_spec = _spec_with_gloo_reductions(tt_train_spec.get_train_spec)
+
+    os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+    _active = True
+    logger.info("No accelerator found: running torchtitan on CPU with gloo")
+    return True
