@@ -4,6 +4,8 @@
 #   TITAN_PHASES_VENV   virtualenv to use (default: ./.venv). An existing one is reused as is.
 #   TITAN_PHASES_TORCH  pip requirement for torch when the venv has none (default: a CPU build
 #                       of 2.13.0 without an accelerator, torch>=2.9,<2.15 from PyPI with one).
+#   TITAN_PHASES_TORCH_INDEX  where CPU builds come from when the configured pip indexes lack
+#                       them (default: PyTorch's CPU wheel index).
 #
 # torch already importable in the venv is never replaced. A new venv sees the system Python's
 # packages when that Python already has torch, so a user's own torch build is respected.
@@ -52,9 +54,13 @@ _tp_bootstrap() {
             want="torch==2.13.0+cpu"
         fi
         _tp_log "installing $want"
-        "$venv_python" -m pip install --quiet "$want" \
-            --extra-index-url "${TITAN_PHASES_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" ||
-            return 1
+        if ! "$venv_python" -m pip install --quiet "$want"; then
+            # Not on the configured indexes (PyPI has no +cpu builds): take the wheel alone from
+            # PyTorch's CPU index, then its dependencies from the configured indexes.
+            _tp_log "retrying $want from ${TITAN_PHASES_TORCH_INDEX:=https://download.pytorch.org/whl/cpu}"
+            "$venv_python" -m pip install --quiet --no-deps --index-url "$TITAN_PHASES_TORCH_INDEX" \
+                "$want" && "$venv_python" -m pip install --quiet "$want" || return 1
+        fi
     fi
 
     stamp="$TITAN_PHASES_VENV/.titan_phases-installed"

@@ -1,0 +1,66 @@
+import sys
+
+import torch
+
+from tests.dist import run_ranks
+from titan_phases.runtime import cpu
+
+
+def test_activation_switches_every_torchtitan_copy_of_the_device():
+    import torchtitan.components.metrics  # noqa: F401  (copies device_type at import)
+    import torchtitan.distributed.utils  # noqa: F401
+
+    assert cpu.activate_if_no_accelerator()
+    assert cpu.activate_if_no_accelerator()  # idempotent
+    for name, module in sys.modules.items():
+        if name.startswith("torchtitan") and hasattr(module, "device_type"):
+            assert module.device_type == "cpu", name
+    import torchtitan.tools.utils as tt_utils
+
+    assert isinstance(tt_utils.device_module, cpu.CPUDeviceModule)
+    assert tt_utils.get_peak_flops("anything") == cpu.measured_cpu_peak_flops()
+
+
+def test_cpu_device_module_reports_host_facts():
+    module = cpu.CPUDeviceModule()
+    stats = module.memory_stats()
+    assert stats["reserved_bytes.all.peak"] >= stats["active_bytes.all.peak"] > 0
+    assert module.get_device_properties().total_memory > 2**30
+    assert module.get_device_name().startswith("CPU")
+    module.reset_peak_memory_stats()
+    try:
+        module.memory
+    except RuntimeError as exc:
+        assert "CUDA-only" in str(exc)
+    else:
+        raise AssertionError("memory snapshots must be refused on CPU")
+
+
+def test_measured_peak_flops_is_plausible():
+    flops = cpu.measured_cpu_peak_flops()
+    assert 1e8 < flops < 1e13
+
+
+def _profile_two_steps(rank: int, world_size: int, trace_dir: str) -> None:
+    from torchtitan.config import ConfigManager
+
+    cpu.activate_if_no_accelerator()
+    import torchtitan.tools.profiling as tt_profiling
+
+    config = ConfigManager().parse_args(
+        ["--model.hf_assets_path", ".", "--profiling.enable_profiling",
+         "--profiling.profile_freq", "2", "--profiling.profiler_warmup", "0",
+         "--profiling.profiler_active", "1"]
+    )
+    with tt_profiling.maybe_enable_profiling(
+        config.profiling, global_step=0, base_folder=trace_dir
+    ) as profiler:
+        assert profiler is not None
+        for _ in range(2):
+            torch.mm(torch.ones(8, 8), torch.ones(8, 8))
+            profiler.step()
+
+
+def test_profiler_accepts_torchtitan_cpu_activities(tmp_path):
+    run_ranks(_profile_two_steps, 1, str(tmp_path))
+    assert list(tmp_path.rglob("*trace*")), "a CPU trace should have been written"
