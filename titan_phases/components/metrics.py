@@ -49,7 +49,6 @@ _JSONL_KEYS = {
     "loss_metrics/global_max_loss": "max_loss",
     "grad_norm": "grad_norm",
     "throughput(tps)": "tokens_per_second",
-    "time_metrics/end_to_end(s)": "step_time_s",
     "memory/max_reserved(GiB)": "memory_peak_gib",
     "mfu(%)": "mfu_pct",
     "validation_metrics/loss": "loss",
@@ -120,6 +119,7 @@ class PhaseMetricsProcessor(MetricsProcessor):
         self._step_lrs: list[float] = []
         self._extra_step_metrics: dict[str, Any] = {}
         self._hooked_optimizers: Any = None
+        self._last_logged_step = 0
         if torch.distributed.get_rank() == _get_metrics_rank(parallel_dims, job_config):
             container = self.logger
             if not isinstance(container, LoggerContainer):
@@ -145,6 +145,11 @@ class PhaseMetricsProcessor(MetricsProcessor):
         first = next(iter(self._hooked_optimizers))
         self._step_lrs = [float(group["lr"]) for group in first.param_groups]
 
+    def start_at(self, step: int) -> None:
+        """Tell the processor training (re)starts after ``step``, e.g. after a checkpoint load."""
+        self._last_logged_step = step
+        self.time_last_log = time.perf_counter()
+
     def add_step_metrics(self, metrics: dict[str, Any]) -> None:
         """Metrics to report with the next logged training step (e.g. the phase index)."""
         self._extra_step_metrics.update(metrics)
@@ -158,6 +163,10 @@ class PhaseMetricsProcessor(MetricsProcessor):
         extra_metrics: dict[str, Any] | None = None,
     ) -> None:
         metrics = dict(extra_metrics or {})
+        # torchtitan divides by log_freq even when fewer steps ran since the last log (step 1).
+        steps = max(1, step - self._last_logged_step)
+        metrics["step_time_s"] = (time.perf_counter() - self.time_last_log) / steps
+        self._last_logged_step = step
         metrics.update({f"{_LR_PREFIX}{i}": lr for i, lr in enumerate(self._step_lrs)})
         if self.model_parts is not None:
             metrics["trainable_params"] = trainable_parameter_count(self.model_parts)
