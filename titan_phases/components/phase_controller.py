@@ -1,0 +1,150 @@
+"""PhaseController: which phase a job is in, when it moves on, and the record of how it got there.
+
+The controller decides; the trainer acts. It is Stateful and is saved in every DCP checkpoint
+under :data:`CHECKPOINT_KEY`, so a resumed job knows its phase before it builds anything.
+
+Transitions are decided *between* steps: after step ``S`` has been trained, checkpointed and
+validated, :meth:`PhaseController.due` says whether step ``S + 1`` belongs to the next phase.
+Checkpoints therefore always hold a consistent "phase k after step S" state, and a job resumed
+from step ``S`` makes the same decision at the same point as one that never stopped.
+
+A phase ends after its ``max_transition_step`` (the last step it trains), or earlier when a
+transition is requested (e.g. by a validation plateau); the final phase runs to the end.
+
+**Limitations**
+Phases only advance, one at a time; there is no re-freezing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch.distributed.checkpoint.stateful import Stateful
+
+CHECKPOINT_KEY = "phases"
+REASON_STEP = "max_transition_step"
+
+
+class ScheduleMismatchError(ValueError):
+    """The checkpoint was written under a schedule the current one cannot continue."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    from_phase: int
+    to_phase: int
+    after_step: int
+    """Last step trained in ``from_phase``."""
+    reason: str
+
+
+def phase_fingerprints(phase_params: Sequence[Sequence[str]]) -> list[str]:
+    """One digest per phase of the parameter names it thaws (order-insensitive)."""
+    return [
+        hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
+        for names in phase_params
+    ]
+
+
+class PhaseController(Stateful):
+    """Tracks the current phase and decides transitions; see the module docstring.
+
+    Args:
+        max_transition_steps: per phase, the last step it trains, or None for no step limit.
+        phase_params: per phase, the canonical names of the parameters it thaws; used to
+            refuse checkpoints written under a schedule with different phases.
+    """
+
+    def __init__(
+        self, max_transition_steps: Sequence[int | None], phase_params: Sequence[Sequence[str]]
+    ) -> None:
+        if len(max_transition_steps) != len(phase_params) or not phase_params:
+            raise ValueError("one max_transition_step and one parameter list per phase")
+        self.max_transition_steps = list(max_transition_steps)
+        self.fingerprints = phase_fingerprints(phase_params)
+        self.phase = 0
+        self.history: list[Transition] = []
+        self._requested: str | None = None
+
+    @property
+    def n_phases(self) -> int:
+        return len(self.fingerprints)
+
+    @property
+    def is_final_phase(self) -> bool:
+        return self.phase == self.n_phases - 1
+
+    def request_transition(self, reason: str) -> None:
+        """Ask for a transition before the next step (e.g. a validation plateau)."""
+        self._requested = reason
+
+    def due(self, completed_step: int) -> Transition | None:
+        """The transition to carry out before step ``completed_step + 1``, if any."""
+        if self.is_final_phase:
+            return None
+        limit = self.max_transition_steps[self.phase]
+        if self._requested is not None:
+            reason = self._requested
+        elif limit is not None and completed_step >= limit:
+            reason = REASON_STEP
+        else:
+            return None
+        return Transition(self.phase, self.phase + 1, completed_step, reason)
+
+    def commit(self, transition: Transition) -> None:
+        """Record that the trainer carried out ``transition``."""
+        if transition.from_phase != self.phase:
+            raise RuntimeError(
+                f"transition from phase {transition.from_phase} committed in phase {self.phase}"
+            )
+        self.phase = transition.to_phase
+        self.history.append(transition)
+        self._requested = None
+
+    def state_dict(self) -> dict[str, Any]:
+        # Variable-length structures go in one JSON string: DCP loads only keys that the
+        # destination state dict already has, and a fresh controller has no history entries.
+        return {
+            "phase": self.phase,
+            "json": json.dumps(
+                {
+                    "fingerprints": self.fingerprints,
+                    "history": [asdict(t) for t in self.history],
+                    "requested": self._requested,
+                }
+            ),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = json.loads(state_dict["json"])
+        phase = int(state_dict["phase"])
+        check_compatible(saved["fingerprints"], phase, self.fingerprints)
+        self.phase = phase
+        self.history = [Transition(**t) for t in saved["history"]]
+        self._requested = saved["requested"]
+
+
+def check_compatible(saved: Sequence[str], saved_phase: int, current: Sequence[str]) -> None:
+    """Raise unless the current schedule can continue a run saved in ``saved_phase``.
+
+    Phases up to and including the saved one decided which params are trainable and how the
+    optimizer's param groups are laid out, so they must be unchanged; later phases may change.
+    """
+    if saved_phase >= len(current):
+        raise ScheduleMismatchError(
+            f"the checkpoint is in phase {saved_phase} but the schedule has only "
+            f"{len(current)} phase(s); restore the schedule the run was started with or start "
+            "a new run (new job.dump_folder)"
+        )
+    changed = [i for i in range(saved_phase + 1) if saved[i] != current[i]]
+    if changed:
+        raise ScheduleMismatchError(
+            f"the checkpoint is in phase {saved_phase}, but the parameters of phase(s) "
+            f"{', '.join(map(str, changed))} differ from the schedule it was saved with; phases "
+            f"0..{saved_phase} must stay as they were (later phases may change). Restore the "
+            "original params for those phases or start a new run (new job.dump_folder)"
+        )
