@@ -8,8 +8,6 @@ llama3 debug model once on the embedded Python-docs corpus; later runs reuse the
 builds the embedded data assets and prints the recipe to run, or nothing.
 """
 
-from __future__ import annotations
-
 import os
 from dataclasses import dataclass
 

@@ -1,0 +1,86 @@
+"""Generated (implicit) schedules."""
+
+from __future__ import annotations
+
+import pytest
+
+from titan_phases.schedule import load_and_validate
+from titan_phases.schedule.generation import phase_groups, transition_steps
+
+from .conftest import NUM_DEBUGMODEL_PARAMS, make_job
+
+
+def test_debugmodel_schedule_covers_every_parameter_exactly_once():
+    resolved = load_and_validate(make_job())
+    names = [n for phase in resolved.phase_params for n in phase]
+    assert len(names) == len(set(names)) == NUM_DEBUGMODEL_PARAMS
+    assert set(names) == set(resolved.param_numels)
+    assert resolved.frozen_params == ()
+    assert resolved.generated
+
+
+def test_order_head_then_blocks_top_down_then_embeddings():
+    resolved = load_and_validate(make_job())
+    assert resolved.phase_params[0] == ("norm.weight", "output.weight")
+    for k, block in enumerate(range(5, -1, -1), start=1):
+        assert len(resolved.phase_params[k]) == 9
+        assert all(n.startswith(f"layers.{block}.") for n in resolved.phase_params[k])
+    assert resolved.phase_params[-1] == ("tok_embeddings.weight",)
+
+
+@pytest.mark.parametrize("blocks, expected", [
+    (2, [r"layers\.(4|5)\..+", r"layers\.(2|3)\..+", r"layers\.(0|1)\..+"]),
+    (4, [r"layers\.(2|3|4|5)\..+", r"layers\.(0|1)\..+"]),
+    (10, [r"layers\.(0|1|2|3|4|5)\..+"]),
+])
+def test_blocks_per_phase(blocks, expected):
+    resolved = load_and_validate(make_job(blocks_per_phase=blocks))
+    patterns = [p.params for p in resolved.schedule.phases]
+    assert patterns == [("norm.weight", "output.weight"), *[(e,) for e in expected],
+                        ("tok_embeddings.weight",)]
+
+
+def test_even_split_of_training_steps():
+    resolved = load_and_validate(make_job(steps=800))
+    steps = [p.max_transition_step for p in resolved.schedule.phases]
+    assert steps == [100, 200, 300, 400, 500, 600, 700, None]
+
+
+def test_steps_per_phase_and_max_depth():
+    resolved = load_and_validate(make_job(steps=1000, steps_per_phase=50, max_depth=2))
+    assert [p.max_transition_step for p in resolved.schedule.phases] == [50, 100, None]
+    assert len(resolved.dropped_phases) == 5
+    assert len(resolved.frozen_params) == NUM_DEBUGMODEL_PARAMS - 2 - 18
+    assert [w.key for w in resolved.warnings] == ["phases.max_depth"]
+
+
+def test_plateau_mode_sets_no_steps():
+    resolved = load_and_validate(make_job(transition_mode="plateau", validation=True))
+    assert all(p.max_transition_step is None for p in resolved.schedule.phases)
+
+
+def test_reinit_configs_go_into_every_later_phase():
+    resolved = load_and_validate(make_job(
+        reinit_optimizer={"class_path": "SGD", "init_args": {"lr": 1e-5, "momentum": 0.9}},
+        reinit_lr_scheduler={"class_path": "StepLR", "init_args": {"step_size": 10}},
+    ))
+    first, *rest = resolved.schedule.phases
+    assert first.new_optimizer is None and first.new_lr_scheduler is None
+    assert {p.new_optimizer.class_path for p in rest} == {"torch.optim.SGD"}
+    assert {p.new_lr_scheduler.class_path for p in rest} == {"torch.optim.lr_scheduler.StepLR"}
+
+
+def test_model_without_numbered_blocks_falls_back_to_top_level_modules():
+    names = ["embed.weight", "encoder.weight", "encoder.bias", "head.weight"]
+    assert phase_groups(names, 1) == [["head.weight"], ["encoder.weight", "encoder.bias"],
+                                      ["embed.weight"]]
+
+
+def test_modules_between_two_block_stacks():
+    names = ["emb.w", "down.0.w", "down.1.w", "mid.w", "up.0.w", "up.1.w", "out.w"]
+    assert phase_groups(names, 2) == [["out.w"], [r"up\.(0|1)\..+"], ["mid.w", r"down\.1\..+"],
+                                      [r"down\.0\..+"], ["emb.w"]]
+
+
+def test_transition_steps_beyond_max_depth_are_unset():
+    assert transition_steps(5, 3, 90, 0) == [30, 60, None, None, None]

@@ -1,0 +1,180 @@
+"""The titan-phases CLI, run in-process through main(argv)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from titan_phases.cli import main
+
+JOB = """
+[model]
+name = "llama3"
+flavor = "debugmodel"
+
+[training]
+steps = 400
+"""
+
+FTS = """
+0:
+  params: [model.output.weight, model.norm.weight]
+  max_transition_epoch: 1
+1:
+  params: ['model.layers.[3-5].*']
+  max_transition_epoch: 3
+  new_lr_scheduler:
+    lr_scheduler_init:
+      class_path: torch.optim.lr_scheduler.StepLR
+      init_args: {step_size: 1, gamma: 0.7}
+    init_pg_lrs: [2.0e-06]
+2:
+  params: ['model.layers.[0-2].*', model.tok_embeddings.weight]
+"""
+
+
+@pytest.fixture
+def job(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text(JOB)
+    return str(path)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_generated_schedule(capsys, job):
+    code, out, _ = run(capsys, "validate", "--job.config_file", job)
+    assert code == 0
+    assert out.splitlines()[0].split() == ["phase", "tensors", "elements", "%", "model", "lr",
+                                           "optimizer", "scheduler", "transition"]
+    assert "OK: 8 phase(s), generated schedule" in out
+
+
+def test_validate_reports_all_errors_with_exit_2(capsys, job, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[0]\nparams = ['nope']\nlr = 1.0\n")
+    code, out, err = run(capsys, "validate", "--job.config_file", job,
+                         "--phases.schedule_file", str(bad))
+    assert code == 2 and out == ""
+    assert "phase 0: lr:" in err and "phase 0: params[0]:" in err
+
+
+def test_generate_validate_show_round_trip(capsys, job, tmp_path):
+    out_file = tmp_path / "gen" / "schedule.toml"
+    code, _, err = run(capsys, "generate", "--job.config_file", job, "--out", str(out_file),
+                       "--phases.blocks_per_phase", "2")
+    assert code == 0 and "wrote" in err
+    written = tomllib.loads(out_file.read_text())
+    assert list(written) == ["0", "1", "2", "3", "4"]
+    assert "# phase 1: 18 tensors" in out_file.read_text()
+
+    code, out, _ = run(capsys, "validate", "--job.config_file", job,
+                       "--phases.schedule_file", str(out_file))
+    assert code == 0 and "OK: 5 phase(s), explicit schedule" in out
+
+    code, out, _ = run(capsys, "show", "--json", "--job.config_file", job,
+                       "--phases.schedule_file", str(out_file))
+    rows = json.loads(out)["phases"]
+    assert [r["tensors"] for r in rows] == [2, 18, 18, 18, 1]
+    assert sum(r["% model"] for r in rows) == pytest.approx(100, abs=0.1)
+    assert rows[1]["transition"] == "after step 160"
+
+
+def test_generate_refuses_to_overwrite(capsys, job, tmp_path):
+    out_file = tmp_path / "s.toml"
+    out_file.write_text("keep me")
+    code, _, err = run(capsys, "generate", "--job.config_file", job, "--out", str(out_file))
+    assert code == 2 and "--force" in err and out_file.read_text() == "keep me"
+    assert run(capsys, "generate", "--job.config_file", job, "--out", str(out_file),
+               "--force")[0] == 0
+
+
+def test_show_params_and_lr_scale(capsys, job):
+    code, out, _ = run(capsys, "show", "--params", "--job.config_file", job,
+                       "--phases.lr_scale", "0.5", "--phases.max_depth", "1")
+    assert code == 0
+    assert "    layers.5.attention.wq.weight" in out
+    assert "0.0004" in out  # 8e-4 * 0.5
+    lines = out.splitlines()
+    frozen_row = next(i for i, line in enumerate(lines) if line.startswith("frozen"))
+    assert "    tok_embeddings.weight" in lines[frozen_row:]
+    assert len(lines) - frozen_row - 1 == 57 - 2 - 9  # never-thawed params under "frozen"
+
+
+def test_import_fts_then_validate_against_job(capsys, job, tmp_path):
+    fts = tmp_path / "fts.yaml"
+    fts.write_text(FTS)
+    out_file = tmp_path / "schedule.toml"
+    code, out, err = run(capsys, "import-fts", str(fts), "--out", str(out_file),
+                         "--steps-per-epoch", "100", "--strip-prefix",
+                         "--job.config_file", job)
+    assert code == 0, err
+    assert "OK: 3 phase(s), explicit schedule" in out
+    assert "note: phase 1: StepLR.step_size 1 -> 100" in err
+    converted = tomllib.loads(out_file.read_text())
+    assert converted["1"]["new_lr_scheduler"]["init_pg_lrs"] == [2e-6, 1e-5]
+    assert converted["1"]["max_transition_step"] == 300
+
+
+def test_import_fts_needs_steps_per_epoch(capsys, tmp_path):
+    fts = tmp_path / "fts.yaml"
+    fts.write_text(FTS)
+    code, _, err = run(capsys, "import-fts", str(fts), "--out", str(tmp_path / "s.toml"))
+    assert code == 2 and "--steps-per-epoch" in err
+    assert not (tmp_path / "s.toml").exists()
+
+
+def test_import_fts_to_stdout(capsys, tmp_path):
+    fts = tmp_path / "fts.yaml"
+    fts.write_text(FTS)
+    code, out, _ = run(capsys, "import-fts", str(fts), "--out", "-", "--steps-per-epoch", "10",
+                       "--strip-prefix", "model.")
+    assert code == 0 and tomllib.loads(out)["0"]["params"] == ["output.weight", "norm.weight"]
+
+
+@pytest.mark.parametrize("argv", [[], ["validate", "--help"], ["import-fts", "--help"]])
+def test_help_and_usage(capsys, argv):
+    code, out, err = run(capsys, *argv)
+    if argv:
+        assert code == 0 and "exit codes:" in out
+    else:
+        assert code == 2 and "usage:" in err
+
+
+def test_bad_torchtitan_flag_exits_2(capsys, job):
+    code, _, _ = run(capsys, "validate", "--job.config_file", job, "--phases.no_such_field", "1")
+    assert code == 2
+
+
+def test_missing_job_file_exits_2(capsys, tmp_path):
+    code, _, err = run(capsys, "validate", "--job.config_file", str(tmp_path / "none.toml"))
+    assert code == 2 and "cannot read the job config" in err
+
+
+def test_torchtitan_flags_may_come_first(capsys, job, tmp_path):
+    fts = tmp_path / "fts.yaml"
+    fts.write_text(FTS)
+    code, out, err = run(capsys, "import-fts", "--job.config_file", job, "--training.steps=500",
+                         str(fts), "--out", str(tmp_path / "s.toml"), "--steps-per-epoch", "100",
+                         "--strip-prefix")
+    assert code == 0, err
+    assert "end of training (step 500)" in out
+
+
+def test_unknown_own_option_exits_2(capsys, job):
+    code, _, err = run(capsys, "show", "--parms", "--job.config_file", job)
+    assert code == 2 and "--parms" in err
+
+
+@pytest.mark.parametrize("config", sorted(
+    str(p) for p in (Path(__file__).resolve().parents[1] / "train_configs").glob("*.toml")))
+def test_shipped_job_configs_validate(capsys, config):
+    code, _, err = run(capsys, "validate", "--job.config_file", config)
+    assert code == 0, err

@@ -1,0 +1,301 @@
+"""``titan-phases``: check, show, generate and import phase schedules without training.
+
+Every subcommand that reads a job also takes torchtitan's own flags, recognised by the dot in
+their name (``--job.config_file X --phases.lr_scale 0.1 ...``); they are parsed by torchtitan's
+ConfigManager exactly as the trainer parses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from titan_phases.config import parse_job_config
+from titan_phases.schedule import ScheduleError, load_and_validate
+from titan_phases.schedule.errors import Problem, Problems
+from titan_phases.schedule.fts_import import FTS_BASE_MAX_LR, convert_fts_schedule, load_fts_yaml
+from titan_phases.schedule.resolve import ResolvedSchedule
+from titan_phases.schedule.table import phase_rows, render_table
+from titan_phases.schedule.toml_writer import dumps
+from titan_phases.train_spec import register_train_specs
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+_EXIT_CODES = """\
+exit codes:
+  0  success
+  1  unexpected internal error (a traceback is printed)
+  2  invalid input: schedule or [phases] errors (all listed on stderr), a bad flag,
+     a missing or malformed file, or an output file that exists without --force
+"""
+
+_JOB_ARGS = ("options with a dot are torchtitan flags, parsed as for training:\n"
+             "  --job.config_file JOB.toml [--section.key value ...]")
+
+
+class _InvalidInput(Exception):
+    """A user error outside the schedule itself (files, flags)."""
+
+
+def _parse_job(torchtitan_args: list[str]) -> Any:
+    # As in titan_phases.train: the phased model names ("llama3_phases") must be registered.
+    register_train_specs()
+    try:
+        return parse_job_config(torchtitan_args)
+    except (FileNotFoundError, tomllib.TOMLDecodeError, ValueError) as e:
+        raise _InvalidInput(f"cannot read the job config: {e}") from e
+
+
+def _print_warnings(warnings: tuple[Problem, ...] | list[Problem]) -> None:
+    for problem in warnings:
+        print(f"warning: {problem}", file=sys.stderr)
+
+
+def _summary(resolved: ResolvedSchedule) -> str:
+    kind = "generated" if resolved.generated else "explicit"
+    summary = f"OK: {resolved.num_phases} phase(s), {kind} schedule ({resolved.schedule.source})"
+    if resolved.frozen_params:
+        summary += f"; {len(resolved.frozen_params)} parameter(s) never thawed"
+    return summary
+
+
+def _validate(args: argparse.Namespace, rest: list[str]) -> int:
+    job_config = _parse_job(rest)
+    resolved = load_and_validate(job_config)
+    _print_warnings(resolved.warnings)
+    print(render_table(phase_rows(resolved, job_config)))
+    print(_summary(resolved))
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace, rest: list[str]) -> int:
+    job_config = _parse_job(rest)
+    resolved = load_and_validate(job_config)
+    rows = phase_rows(resolved, job_config)
+    if args.json:
+        print(json.dumps({
+            "source": resolved.schedule.source,
+            "generated": resolved.generated,
+            "phases": rows,
+            "warnings": [str(w) for w in resolved.warnings],
+        }, indent=2))
+        return EXIT_OK
+    _print_warnings(resolved.warnings)
+    print(render_table(rows, with_params=args.params))
+    return EXIT_OK
+
+
+def _write(path: str, text: str, force: bool) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    out = Path(path)
+    if out.exists() and not force:
+        raise _InvalidInput(f"{out} exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def _generate(args: argparse.Namespace, rest: list[str]) -> int:
+    job_config = _parse_job(rest)
+    cfg = job_config.phases
+    if cfg.schedule_file or cfg.schedule:
+        print("warning: the job's explicit schedule is ignored; generating one from the model",
+              file=sys.stderr)
+        cfg.schedule_file, cfg.schedule = "", {}
+    resolved = load_and_validate(job_config)
+    _print_warnings(resolved.warnings)
+    phases = resolved.schedule.phases + resolved.dropped_phases
+    total = sum(resolved.param_numels.values()) or 1
+    comments = {}
+    for phase in phases:
+        if phase.index < resolved.num_phases:
+            names = resolved.phase_params[phase.index]
+            elements = sum(resolved.param_numels[n] for n in names)
+            comments[str(phase.index)] = (f"phase {phase.index}: {len(names)} tensors, "
+                                          f"{elements:,} elements ({100 * elements / total:.1f}%)")
+        else:
+            comments[str(phase.index)] = f"phase {phase.index}: beyond max_depth = {cfg.max_depth}"
+    header = (
+        f"Phase schedule written by `titan-phases generate`, {resolved.schedule.source}\n"
+        f"model {job_config.model.name} {job_config.model.flavor}, "
+        f"blocks_per_phase = {cfg.blocks_per_phase}, transition_mode = {cfg.transition_mode}, "
+        f"training.steps = {job_config.training.steps}\n"
+        f"Use it with [phases] schedule_file = \"<this file>\""
+        + (" and without reinit_optimizer / reinit_lr_scheduler (they are written into the "
+           "phases below)" if cfg.reinit_optimizer or cfg.reinit_lr_scheduler else "")
+        + ".\nFormat: docs/schedule.md\n"
+    )
+    raw = {str(p.index): p.to_raw() for p in phases}
+    _write(args.out, dumps(raw, header=header, comments=comments), args.force)
+    print(render_table(phase_rows(resolved, job_config)), file=sys.stderr)
+    return EXIT_OK
+
+
+def _import_fts(args: argparse.Namespace, rest: list[str]) -> int:
+    if rest and args.out == "-":
+        raise _InvalidInput("validating against a job needs --out FILE, not stdout")
+    problems = Problems()
+    raw = load_fts_yaml(args.schedule, problems)
+    problems.raise_if_any()
+    converted = convert_fts_schedule(
+        raw, source=args.schedule, problems=problems, steps_per_epoch=args.steps_per_epoch,
+        prefix=args.strip_prefix, base_max_lr=args.base_max_lr,
+        groups_per_phase=args.groups_per_phase,
+    )
+    problems.raise_if_any()
+    for note in converted.notes:
+        print(f"note: {note}", file=sys.stderr)
+    header = (f"Converted by `titan-phases import-fts` from the FTS schedule {args.schedule}\n"
+              f"steps_per_epoch = {args.steps_per_epoch}, strip_prefix = {args.strip_prefix!r}\n"
+              + "".join(f"note: {n}\n" for n in converted.notes)
+              + "Format: docs/schedule.md\n")
+    _write(args.out, dumps(converted.schedule, header=header), args.force)
+    if not rest:
+        return EXIT_OK
+    job_config = _parse_job(rest)
+    job_config.phases.schedule_file = str(Path(args.out).resolve())
+    job_config.phases.schedule = {}
+    resolved = load_and_validate(job_config)
+    _print_warnings(resolved.warnings)
+    print(render_table(phase_rows(resolved, job_config)))
+    print(_summary(resolved))
+    return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="titan-phases",
+        description="Check, show, generate and import phase schedules for gradual unfreezing "
+                    "with torchtitan. Nothing here starts training or needs a GPU.",
+        epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, description: str, usage: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=textwrap.fill(description, 79),
+                              usage=f"titan-phases {name} {usage}",
+                              epilog=f"{_JOB_ARGS}\n\n{_EXIT_CODES}", allow_abbrev=False,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    validate = command(
+        "validate", "validate the job's schedule and print the phase table",
+        "Load the job's schedule (file, inline or generated), check it against the job config "
+        "and the model (built on the meta device) and print the phase table; on errors, list "
+        "them all and exit 2.",
+        "[-h] [--job.config_file JOB.toml] [torchtitan flags ...]",
+    )
+    validate.set_defaults(run=_validate)
+
+    show = command("show", "print the phase table",
+                   "Print phase, #tensors, #elements, % of model, lr, optimizer, scheduler and "
+                   "transition for each phase (the schedule is validated first).",
+                   "[-h] [--params] [--json] [--job.config_file JOB.toml] [torchtitan flags ...]")
+    show.add_argument("--params", action="store_true",
+                      help="list each phase's parameters under its row")
+    show.add_argument("--json", action="store_true", help="print the table as JSON")
+    show.set_defaults(run=_show)
+
+    generate = command(
+        "generate", "write the generated (implicit) schedule to a TOML file for editing",
+        "Generate the schedule the job would get without an explicit one (output head and final "
+        "norm, then blocks top-down, then embeddings) and write it as a schedule file.",
+        "[-h] --out FILE [--force] [--job.config_file JOB.toml] [torchtitan flags ...]",
+    )
+    generate.add_argument("--out", required=True, metavar="FILE",
+                          help="schedule TOML to write ('-': stdout)")
+    generate.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    generate.set_defaults(run=_generate)
+
+    fts = command(
+        "import-fts", "convert a finetuning-scheduler (FTS) YAML schedule to TOML",
+        "Convert an FTS schedule: params, lr, new_optimizer, new_lr_scheduler (with "
+        "init_pg_lrs) and max_transition_epoch (to steps). Given torchtitan flags, the result "
+        "is also validated against that job.",
+        "[-h] FTS.yaml --out FILE [--steps-per-epoch N] [--strip-prefix [PREFIX]]\n"
+        "         [--base-max-lr LR] [--groups-per-phase {1,2}] [--force]\n"
+        "         [--job.config_file JOB.toml [torchtitan flags ...]]",
+    )
+    fts.add_argument("schedule", metavar="FTS.yaml", help="FTS schedule YAML")
+    fts.add_argument("--out", required=True, metavar="FILE",
+                     help="schedule TOML to write ('-': stdout)")
+    fts.add_argument("--steps-per-epoch", type=_positive_int, default=None, metavar="N",
+                     help="training steps per FTS epoch; needed for max_transition_epoch and for "
+                          "schedulers stepped per epoch")
+    fts.add_argument("--strip-prefix", nargs="?", const="model.", default=None, metavar="PREFIX",
+                     help="drop this prefix from every param name/regex (default when given "
+                          "without a value: Lightning's 'model.')")
+    fts.add_argument("--base-max-lr", type=_positive_float, default=FTS_BASE_MAX_LR, metavar="LR",
+                     help="FTS's base_max_lr, the lr of phases without one (default: %(default)s)")
+    fts.add_argument("--groups-per-phase", type=int, choices=(1, 2), default=None,
+                     help="FTS param groups per phase in init_pg_lrs (2 with a no_decay split); "
+                          "default: inferred from the list lengths")
+    fts.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    fts.set_defaults(run=_import_fts)
+    return parser
+
+
+def split_torchtitan_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate torchtitan flags (``--section.key [value]``: the only options with a dot) from
+    this CLI's own arguments, wherever they appear. A flag without ``=`` takes the next
+    argument as its value unless that one starts with ``--``, so a boolean flag (which takes no
+    value, e.g. ``--phases.allow_untested``) must not come right before a positional argument."""
+    ours: list[str] = []
+    theirs: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, _ = arg.partition("=")
+        if not (arg.startswith("--") and "." in name):
+            ours.append(arg)
+        elif eq or i + 1 == len(argv) or argv[i + 1].startswith("--"):
+            theirs.append(arg)
+        else:
+            theirs += [arg, argv[i + 1]]
+            i += 1
+        i += 1
+    return ours, theirs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code instead of exiting (the console script exits)."""
+    ours, rest = split_torchtitan_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        args = build_parser().parse_args(ours)
+    except SystemExit as e:  # --help, or a usage error argparse already printed
+        return int(e.code or 0)
+    try:
+        return args.run(args, rest)
+    except ScheduleError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except _InvalidInput as e:
+        print(f"error: {e}", file=sys.stderr)
+    except SystemExit as e:  # tyro rejected a torchtitan flag and printed why
+        return int(e.code or 0)
+    return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

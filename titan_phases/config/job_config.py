@@ -1,0 +1,124 @@
+"""The ``[phases]`` section of a torchtitan job config.
+
+Use it as torchtitan's custom config module::
+
+    [job]
+    custom_config_module = "titan_phases.config.job_config"
+
+(the ``titan-phases`` CLI and :func:`titan_phases.config.parse_job_config` add it when a job
+config does not name one). Every field is also a CLI flag, e.g. ``--phases.lr_scale 0.1``.
+
+The fields only describe the run; :func:`titan_phases.schedule.load_and_validate` checks them,
+together with the schedule, and reports every problem at once. Nothing here validates in
+``__post_init__``: torchtitan's config manager passes TOML values through unchecked (a wrong
+``Literal`` only triggers a tyro warning), and an exception there would stop at the first problem.
+"""
+
+# No ``from __future__ import annotations`` here: torchtitan's ConfigManager checks
+# ``dataclasses.is_dataclass(field.type)`` to turn the ``[phases]`` table into a ``Phases``
+# object, which fails when annotations are strings.
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from titan_phases.pretrained import PretrainedStage
+
+
+@dataclass
+class Phases:
+    schedule_file: str = ""
+    """
+    Path to a phase schedule TOML file (format: docs/schedule.md). A relative path is looked up
+    first in the directory of the job config file, then in the current working directory.
+    Mutually exclusive with an inline ``[phases.schedule]``. When neither is given, a schedule is
+    generated from the model's structure (see ``blocks_per_phase``).
+    """
+
+    schedule: dict[str, Any] = field(default_factory=dict)
+    """
+    The schedule inline, in the same format as a schedule file, with every phase table under
+    ``phases.schedule``: ``[phases.schedule.0]``, ``[phases.schedule.1.new_optimizer]``, ...
+    Values written in the TOML can be overridden on the command line, e.g.
+    ``--phases.schedule.1.lr 2e-5``; phases or keys that are not in the TOML cannot be added there.
+    """
+
+    lr_scale: float = 1.0
+    """
+    Global factor applied to every initial learning rate: ``[optimizer] lr`` (phase 0's group),
+    each phase's ``lr``, ``init_pg_lrs`` and the ``lr`` in ``new_optimizer.init_args``. LR
+    scheduler ``init_args`` (e.g. ``eta_min``) are used as written.
+    """
+
+    max_depth: int = -1
+    """
+    Deepest phase to run: phases ``0..max_depth`` are thawed in turn, later phases are dropped and
+    their parameters stay frozen (validation lists them). -1 runs the whole schedule. Applies to
+    explicit and generated schedules.
+    """
+
+    blocks_per_phase: int = 1
+    """
+    Generated schedules only: transformer blocks thawed per phase. Phase 0 thaws the output head
+    and final norm, the following phases the blocks from the top down, the last one the
+    embeddings.
+    """
+
+    steps_per_phase: int = 0
+    """
+    Generated schedules only (``transition_mode`` step or both): phase k ends after step
+    ``(k + 1) * steps_per_phase``. 0 splits ``training.steps`` evenly across the phases.
+    """
+
+    reinit_optimizer: dict[str, Any] = field(default_factory=dict)
+    """
+    Generated schedules only: a new optimizer built at every transition, as
+    ``{class_path = "torch.optim.SGD", init_args = {lr = 1e-5, momentum = 0.9}}``.
+    An error with an explicit schedule: put ``new_optimizer`` into its phases instead.
+    """
+
+    reinit_lr_scheduler: dict[str, Any] = field(default_factory=dict)
+    """
+    Generated schedules only: a new LR scheduler built at every transition, as
+    ``{class_path = "StepLR", init_args = {step_size = 100}}``, optionally with
+    ``use_current_optimizer_pg_lrs = true``.
+    ``init_pg_lrs`` is not allowed here (the number of param groups grows with each phase).
+    """
+
+    allow_untested: bool = False
+    """
+    Allow LR scheduler classes outside the tested list (LambdaLR, MultiplicativeLR, StepLR,
+    MultiStepLR, ExponentialLR, CosineAnnealingLR, CosineAnnealingWarmRestarts, ConstantLR,
+    LinearLR, ReduceLROnPlateau). ChainedScheduler and SequentialLR are rejected regardless.
+    """
+
+    transition_mode: Literal["step", "plateau", "both"] = "step"
+    """
+    What ends a phase:
+    - 'step': reaching the phase's ``max_transition_step`` (required on every phase but the last).
+    - 'plateau': the validation loss not improving for ``patience`` validations; needs
+      ``[validation] enable = true``; ``max_transition_step`` is not allowed.
+    - 'both': whichever comes first; ``max_transition_step`` is optional.
+    """
+
+    patience: int = 3
+    """Plateau transitions: validations without improvement before the next phase starts."""
+
+    min_delta: float = 0.0
+    """Plateau transitions: smallest change of the validation loss that counts as improvement."""
+
+    mode: Literal["min", "max"] = "min"
+    """Plateau transitions: whether the monitored value improves by decreasing or increasing."""
+
+    restore_best: bool = False
+    """
+    Before each transition, restore the checkpoint with the best validation loss of the phase.
+    Needs ``[validation] enable = true`` and ``[checkpoint] enable = true``.
+    """
+
+
+@dataclass
+class JobConfig:
+    """torchtitan's JobConfig extended with the ``[phases]`` and ``[pretrained]`` sections."""
+
+    phases: Phases = field(default_factory=Phases)
+    pretrained: PretrainedStage = field(default_factory=PretrainedStage)

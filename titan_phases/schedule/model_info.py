@@ -1,0 +1,54 @@
+"""Parameter names and sizes of the job's model, from a model built on the meta device.
+
+Needs neither an accelerator nor a process group, and allocates no parameter memory, so every
+rank can run it before ``torch.distributed`` is initialised. The model is built the way
+torchtitan's Trainer builds it (TrainSpec ``model_cls`` with ``model_args[flavor]`` updated from
+the job config); model converters (float8, MX) are not applied, as they keep parameter names.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+
+import torch
+from torchtitan.config import JobConfig
+from torchtitan.protocols.train_spec import get_train_spec
+
+from .errors import Problem, ScheduleError
+from .matching import canonical_param_name
+
+logger = logging.getLogger(__name__)
+
+
+def model_param_numels(job_config: JobConfig, source: str = "job config") -> dict[str, int]:
+    """``{canonical parameter name: number of elements}`` in ``named_parameters()`` order.
+
+    Imports ``[experimental] custom_import`` first, as the Trainer does, so that TrainSpecs it
+    registers are found. Raises ScheduleError for an unknown model name or flavor.
+    """
+    if job_config.experimental.custom_import:
+        importlib.import_module(job_config.experimental.custom_import)
+    name, flavor = job_config.model.name, job_config.model.flavor
+    try:
+        train_spec = get_train_spec(name)
+    except ValueError as e:
+        raise ScheduleError([Problem(
+            source, None, "model.name", str(e),
+            "use a registered model, or register it first (experimental.custom_import; "
+            "titan_phases.train_spec.register_train_specs() for the *_phases models)",
+        )]) from None
+    if flavor not in train_spec.model_args:
+        raise ScheduleError([Problem(
+            source, None, "model.flavor", f"{name} has no flavor {flavor!r}",
+            f"choose one of {', '.join(train_spec.model_args)}",
+        )])
+    # The Trainer mutates the shared args object itself; validation must not do it first.
+    model_args = copy.deepcopy(train_spec.model_args[flavor])
+    model_args.update_from_config(job_config)
+    with torch.device("meta"):
+        model = train_spec.model_cls(model_args)
+    numels = {canonical_param_name(n): p.numel() for n, p in model.named_parameters()}
+    logger.debug("%s %s on meta: %d parameter tensors", name, flavor, len(numels))
+    return numels

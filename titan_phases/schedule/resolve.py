@@ -1,0 +1,229 @@
+"""Load, generate and validate the job's schedule: the one entry point for the trainer.
+
+:func:`load_and_validate` is deterministic and needs no process group or accelerator (the model
+is built on the meta device), so every rank calls it before ``torch.distributed`` is set up and
+gets the same :class:`ResolvedSchedule`, or the same :class:`ScheduleError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torchtitan.config import JobConfig
+
+from . import classes
+from .errors import Problem, Problems, ScheduleError
+from .generation import generate_schedule
+from .loading import parse_schedule, read_schedule_file, resolve_schedule_path
+from .matching import canonical_param_name, match_phase_params
+from .model_info import model_param_numels
+from .schema import LRSchedulerInit, OptimizerInit, Phase, PhaseSchedule, running_phase_count
+from .validation import (
+    check_implicit_reinits,
+    check_phase_zero,
+    check_reinits,
+    check_settings,
+    check_transitions,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedSchedule:
+    """A validated schedule with its parameters resolved against the model.
+
+    Attributes:
+        schedule: the phases that run (``max_depth`` applied); ``phases[k].index == k``.
+        phase_params: per running phase, the canonical names of the parameters it thaws.
+        frozen_params: parameters never thawed: in no phase, or in a phase beyond ``max_depth``.
+        dropped_phases: phases beyond ``max_depth`` (validated, but never run).
+        param_numels: every model parameter (canonical name -> elements), in model order.
+        generated: whether the schedule was generated (no schedule file / inline schedule).
+        lr_scale, base_lr, base_max_norm: ``phases.lr_scale``, ``optimizer.lr`` and
+            ``training.max_norm`` of the job.
+        warnings: problems that do not stop the run; the caller decides where to log them.
+    """
+
+    schedule: PhaseSchedule
+    phase_params: tuple[tuple[str, ...], ...]
+    frozen_params: tuple[str, ...]
+    dropped_phases: tuple[Phase, ...]
+    param_numels: Mapping[str, int]
+    generated: bool
+    lr_scale: float
+    base_lr: float
+    base_max_norm: float
+    warnings: tuple[Problem, ...] = ()
+
+    @property
+    def num_phases(self) -> int:
+        return len(self.schedule.phases)
+
+    def phase_of(self, name: str) -> int | None:
+        """The phase that thaws parameter ``name`` (wrapped names accepted), None if never."""
+        name = canonical_param_name(name)
+        return next((k for k, names in enumerate(self.phase_params) if name in names), None)
+
+    def trainable_params(self, k: int) -> tuple[str, ...]:
+        """All parameters trainable during phase ``k``: those of phases 0..k."""
+        return tuple(n for names in self.phase_params[: k + 1] for n in names)
+
+    def optimizer_at(self, k: int) -> OptimizerInit | None:
+        """The optimizer config in effect during phase ``k``: the latest ``new_optimizer`` at or
+        before it, or None for torchtitan's ``[optimizer]``."""
+        return next((p.new_optimizer for p in reversed(self.schedule.phases[: k + 1])
+                     if p.new_optimizer is not None), None)
+
+    def group_lr(self, k: int) -> float:
+        """Initial lr of the param group phase ``k`` adds, ``lr_scale`` applied: the last entry
+        of the phase's ``init_pg_lrs``, else its ``lr``, else ``init_args.lr`` of the latest
+        ``new_optimizer`` (up to phase k) that sets one, else ``[optimizer] lr``."""
+        phase = self.schedule.phases[k]
+        scheduler = phase.new_lr_scheduler
+        if scheduler is not None and scheduler.init_pg_lrs is not None:
+            return scheduler.init_pg_lrs[k] * self.lr_scale
+        if phase.lr is not None:
+            return phase.lr * self.lr_scale
+        for p in reversed(self.schedule.phases[: k + 1]):
+            if p.new_optimizer is not None and "lr" in p.new_optimizer.init_args:
+                return float(p.new_optimizer.init_args["lr"]) * self.lr_scale
+        return self.base_lr * self.lr_scale
+
+    def init_pg_lrs(self, k: int) -> tuple[float, ...] | None:
+        """Phase ``k``'s ``new_lr_scheduler.init_pg_lrs`` with ``lr_scale`` applied, or None."""
+        scheduler = self.schedule.phases[k].new_lr_scheduler
+        if scheduler is None or scheduler.init_pg_lrs is None:
+            return None
+        return tuple(lr * self.lr_scale for lr in scheduler.init_pg_lrs)
+
+    def max_norm_at(self, k: int) -> float:
+        """Gradient clipping norm during phase ``k``: the latest per-phase ``max_norm`` up to
+        phase k, else ``[training] max_norm``."""
+        return next((p.max_norm for p in reversed(self.schedule.phases[: k + 1])
+                     if p.max_norm is not None), self.base_max_norm)
+
+    def optimizer_kwargs(self, init: OptimizerInit) -> dict[str, Any]:
+        """Constructor kwargs for ``init``'s class (params excluded), ``lr`` scaled."""
+        kwargs = dict(init.init_args)
+        if "lr" in kwargs:
+            kwargs["lr"] = float(kwargs["lr"]) * self.lr_scale
+        return kwargs
+
+    @staticmethod
+    def lr_scheduler_kwargs(init: LRSchedulerInit) -> dict[str, Any]:
+        """Constructor kwargs for ``init``'s class (optimizer excluded), lr lambdas imported."""
+        cls = classes.import_object(init.class_path)
+        return classes.lr_scheduler_kwargs(cls, init.init_args)
+
+
+def _config_source(job_config: JobConfig, config_path: str | None) -> str:
+    return config_path or job_config.job.config_file or "<command line>"
+
+
+def load_schedule_source(
+    job_config: JobConfig, config_path: str | None, problems: Problems
+) -> tuple[bool, dict[str, Any] | None, str]:
+    """Whether the schedule is explicit, its raw tables (None for a generated schedule or an
+    unreadable file, which is reported into ``problems``) and its source name."""
+    cfg = job_config.phases
+    config_source = _config_source(job_config, config_path)
+    if isinstance(cfg.schedule_file, str) and cfg.schedule_file:
+        path = resolve_schedule_path(cfg.schedule_file, config_path or job_config.job.config_file)
+        logger.debug("phase schedule file: %s", path)
+        try:
+            return True, read_schedule_file(path), str(path)
+        except ScheduleError as e:
+            problems.errors.extend(e.problems)
+            return True, None, str(path)
+    if isinstance(cfg.schedule, dict) and cfg.schedule:
+        return True, cfg.schedule, f"{config_source} [phases.schedule]"
+    return False, None, f"generated from {config_source}"
+
+
+def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> ResolvedSchedule:
+    """Load the job's schedule (file, inline, or generated), validate it against the job config
+    and the model, and resolve every phase to parameter names.
+
+    Args:
+        job_config: a parsed job config with a ``phases`` section (see
+            :func:`titan_phases.config.parse_job_config`).
+        config_path: the job TOML, to resolve a relative ``schedule_file`` and name it in
+            messages; defaults to ``job_config.job.config_file``.
+
+    Raises:
+        ScheduleError: listing every problem found.
+    """
+    cfg = job_config.phases
+    problems = Problems()
+    config_source = _config_source(job_config, config_path)
+    explicit, raw, source = load_schedule_source(job_config, config_path, problems)
+    settings = check_settings(cfg, job_config, config_source, problems, explicit=explicit)
+    numels: dict[str, int] | None = None
+    try:
+        numels = model_param_numels(job_config, config_source)
+    except ScheduleError as e:
+        problems.errors.extend(e.problems)
+    # Go on past broken settings where the phases can still be checked; stop where they cannot.
+    if numels is None or (explicit and raw is None):
+        problems.raise_if_any()
+    generation_keys = ("blocks_per_phase", "steps_per_phase", "max_depth", "transition_mode",
+                       "reinit_optimizer", "reinit_lr_scheduler")
+    if not explicit and settings.invalid.intersection(generation_keys):
+        problems.raise_if_any()
+
+    max_depth = -1 if "max_depth" in settings.invalid else cfg.max_depth
+    if explicit:
+        schedule = parse_schedule(raw, source, problems)
+    else:
+        schedule = generate_schedule(
+            list(numels), blocks_per_phase=cfg.blocks_per_phase, max_depth=max_depth,
+            transition_mode=cfg.transition_mode, training_steps=job_config.training.steps,
+            steps_per_phase=cfg.steps_per_phase, reinit_optimizer=settings.reinit_optimizer,
+            reinit_lr_scheduler=settings.reinit_lr_scheduler, source=source, problems=problems,
+        )
+    n_running = running_phase_count(len(schedule.phases), max_depth)
+
+    check_phase_zero(schedule, problems)
+    phase_params = match_phase_params(schedule, numels, problems)
+    if explicit:
+        if "transition_mode" not in settings.invalid:
+            check_transitions(schedule, n_running, cfg.transition_mode,
+                              job_config.training.steps, problems)
+        check_reinits(schedule, cfg, job_config, problems)
+    else:
+        check_implicit_reinits(settings.reinit_optimizer, settings.reinit_lr_scheduler, n_running,
+                               config_source, cfg, job_config, problems)
+    problems.raise_if_any()
+
+    running = tuple(tuple(names) for names in phase_params[:n_running])
+    thawed = {n for names in running for n in names}
+    frozen = tuple(n for n in numels if n not in thawed)
+    dropped = schedule.phases[n_running:]
+    if dropped:
+        count = sum(len(names) for names in phase_params[n_running:])
+        problems.warn(config_source, None, "phases.max_depth",
+                      f"max_depth = {max_depth} drops phases "
+                      f"{dropped[0].index}..{dropped[-1].index}; their {count} parameter(s) "
+                      "stay frozen")
+    assigned = {n for names in phase_params for n in names}
+    in_no_phase = [n for n in numels if n not in assigned]
+    if in_no_phase:
+        problems.warn(source, None, "params",
+                      f"{len(in_no_phase)} parameter(s) are in no phase and stay frozen: "
+                      + ", ".join(in_no_phase[:5]) + (" ..." if len(in_no_phase) > 5 else ""))
+    return ResolvedSchedule(
+        schedule=PhaseSchedule(schedule.phases[:n_running], schedule.source),
+        phase_params=running,
+        frozen_params=frozen,
+        dropped_phases=dropped,
+        param_numels=dict(numels),
+        generated=not explicit,
+        lr_scale=cfg.lr_scale,
+        base_lr=job_config.optimizer.lr,
+        base_max_norm=float(job_config.training.max_norm),
+        warnings=tuple(problems.warnings),
+    )

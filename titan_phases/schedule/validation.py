@@ -1,0 +1,350 @@
+"""Every check of a schedule and of the ``[phases]`` settings, reporting into one Problems.
+
+Checks are pure functions of the schedule, the job config and the model's parameter names, so
+they give the same result on every rank, in the same order (see ``Problems.raise_if_any``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import typing
+from typing import Any, Literal, NamedTuple
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torchtitan.config import JobConfig
+
+from titan_phases.config.job_config import Phases
+
+from . import classes
+from .errors import Problems
+from .loading import is_number, parse_lr_scheduler_init, parse_optimizer_init
+from .schema import LRSchedulerInit, OptimizerInit, PhaseSchedule
+
+_DUMMY_LR = 1.0e-3
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) is Literal:
+        return value in typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return is_number(value) and math.isfinite(value)
+    return isinstance(value, typing.get_origin(hint) or hint)
+
+
+def _expected(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, "a table"
+    )
+
+
+class Settings(NamedTuple):
+    """What :func:`check_settings` found usable."""
+
+    invalid: frozenset[str]  # ``[phases]`` fields with a wrong type or value
+    reinit_optimizer: OptimizerInit | None
+    reinit_lr_scheduler: LRSchedulerInit | None
+
+
+def check_settings(
+    cfg: Phases, job_config: JobConfig, source: str, problems: Problems, *, explicit: bool
+) -> Settings:
+    """Check the ``[phases]`` fields and how they combine with the rest of the job config,
+    and parse the implicit reinit configs (None when absent or invalid)."""
+    hints = typing.get_type_hints(Phases)
+    valid = set()
+    for f in dataclasses.fields(Phases):
+        value = getattr(cfg, f.name)
+        if _type_ok(value, hints[f.name]):
+            valid.add(f.name)
+        else:
+            problems.error(source, None, f"phases.{f.name}",
+                           f"expected {_expected(hints[f.name])}, got {value!r}")
+
+    ranges = {
+        "lr_scale": (lambda v: v > 0, "must be > 0"),
+        "max_depth": (lambda v: v >= -1, "must be -1 (no limit) or a phase index >= 0"),
+        "blocks_per_phase": (lambda v: v >= 1, "must be >= 1"),
+        "steps_per_phase": (lambda v: v >= 0, "must be >= 0 (0: split training.steps evenly)"),
+        "patience": (lambda v: v >= 1, "must be >= 1 validation"),
+        "min_delta": (lambda v: v >= 0, "must be >= 0"),
+    }
+    for name, (ok, message) in ranges.items():
+        if name in valid and not ok(getattr(cfg, name)):
+            problems.error(source, None, f"phases.{name}", f"{message}, got {getattr(cfg, name)!r}")
+            valid.discard(name)
+
+    if cfg.schedule_file and cfg.schedule:
+        problems.error(source, None, "phases.schedule",
+                       "both phases.schedule_file and an inline [phases.schedule] are set",
+                       "keep one of them")
+
+    if job_config.training.steps < 1:
+        problems.error(source, None, "training.steps",
+                       f"must be >= 1, got {job_config.training.steps}")
+
+    plateau = cfg.transition_mode in ("plateau", "both")
+    if plateau and not job_config.validation.enable:
+        problems.error(
+            source, None, "phases.transition_mode",
+            f"{cfg.transition_mode!r} transitions watch the validation loss, but "
+            "[validation] enable = false",
+            "set validation.enable = true, or use transition_mode = 'step'",
+        )
+    if cfg.restore_best is True:
+        for section, enabled in (("validation", job_config.validation.enable),
+                                 ("checkpoint", job_config.checkpoint.enable)):
+            if not enabled:
+                problems.error(source, None, "phases.restore_best",
+                               f"restoring the best checkpoint needs [{section}] enable = true",
+                               f"set {section}.enable = true, or restore_best = false")
+
+    reinit_optimizer = reinit_lr_scheduler = None
+    if explicit:
+        for name in ("reinit_optimizer", "reinit_lr_scheduler"):
+            if getattr(cfg, name):
+                problems.error(
+                    source, None, f"phases.{name}",
+                    "only applies to generated schedules, but an explicit schedule is given",
+                    "put new_optimizer / new_lr_scheduler into the schedule's phases instead",
+                )
+        defaults = Phases()
+        for name in ("blocks_per_phase", "steps_per_phase"):
+            if getattr(cfg, name) != getattr(defaults, name):
+                problems.warn(source, None, f"phases.{name}",
+                              "only applies to generated schedules; ignored")
+    else:
+        if "reinit_optimizer" in valid and cfg.reinit_optimizer:
+            reinit_optimizer = parse_optimizer_init(
+                cfg.reinit_optimizer, source, None, "phases.reinit_optimizer", problems)
+        if "reinit_lr_scheduler" in valid and cfg.reinit_lr_scheduler:
+            reinit_lr_scheduler = parse_lr_scheduler_init(
+                cfg.reinit_lr_scheduler, source, None, "phases.reinit_lr_scheduler", problems)
+            if reinit_lr_scheduler is not None and reinit_lr_scheduler.init_pg_lrs is not None:
+                problems.error(
+                    source, None, "phases.reinit_lr_scheduler.init_pg_lrs",
+                    "not supported for generated schedules: the number of param groups grows "
+                    "with every phase",
+                    "remove it, or write the schedule out (titan-phases generate) and set "
+                    "init_pg_lrs per phase",
+                )
+                reinit_lr_scheduler = None
+    for name, parsed in (("reinit_optimizer", reinit_optimizer),
+                         ("reinit_lr_scheduler", reinit_lr_scheduler)):
+        if not explicit and getattr(cfg, name) and parsed is None:
+            valid.discard(name)
+    invalid = frozenset(f.name for f in dataclasses.fields(Phases)) - valid
+    return Settings(invalid, reinit_optimizer, reinit_lr_scheduler)
+
+
+def check_phase_zero(schedule: PhaseSchedule, problems: Problems) -> None:
+    """Phase 0 trains with ``[optimizer]`` and ``[lr_scheduler]``; it cannot replace them."""
+    if not schedule.phases or schedule.phases[0].index != 0:
+        return
+    phase = schedule.phases[0]
+    if phase.lr is not None:
+        problems.error(
+            schedule.source, 0, "lr",
+            f"phase 0's param group takes [optimizer] lr; lr = {phase.lr} would be ignored",
+            "remove lr from phase 0 and set optimizer.lr (FTS ignores it with a warning; here "
+            "it is an error so the lr you meant is not silently dropped)",
+        )
+    for key, section in (("new_optimizer", "optimizer"), ("new_lr_scheduler", "lr_scheduler")):
+        if getattr(phase, key) is not None:
+            problems.error(
+                schedule.source, 0, key,
+                f"phase 0 trains with [{section}]; a {key} can only start a later phase",
+                f"configure [{section}] for phase 0, or move {key} to the phase it should start",
+            )
+
+
+def check_transitions(
+    schedule: PhaseSchedule, n_running: int, mode: str, training_steps: int, problems: Problems
+) -> None:
+    """``max_transition_step`` against ``transition_mode``, each other and ``training.steps``.
+
+    Only the phases that run (``n_running``, after ``max_depth``) are checked: the last of them
+    is the final phase, which has nothing to transition to.
+    """
+    previous: tuple[int, int] | None = None
+    for position, phase in enumerate(schedule.phases[:n_running]):
+        step, k = phase.max_transition_step, phase.index
+        final = position == n_running - 1
+        if step is None:
+            # A malformed value or FTS's max_transition_epoch was reported already.
+            reported = problems.has(k, "max_transition_")
+            if mode == "step" and not final and not reported:
+                problems.error(
+                    schedule.source, k, "max_transition_step",
+                    "missing: with transition_mode = 'step' every phase but the last needs one",
+                    "add max_transition_step = <last step of this phase>, or set "
+                    "phases.transition_mode = 'both' or 'plateau'",
+                )
+            continue
+        if mode == "plateau":
+            problems.error(
+                schedule.source, k, "max_transition_step",
+                "not used with transition_mode = 'plateau' (only the validation loss ends a phase)",
+                "remove it, or set phases.transition_mode = 'both'",
+            )
+            continue
+        if previous is not None and step <= previous[1]:
+            problems.error(
+                schedule.source, k, "max_transition_step",
+                f"{step} is not after phase {previous[0]}'s max_transition_step {previous[1]}",
+                "transition steps must increase from phase to phase",
+            )
+        if final:
+            problems.warn(
+                schedule.source, k, "max_transition_step",
+                f"phase {k} is the last phase that runs, so max_transition_step = {step} has no "
+                f"effect; training continues to training.steps = {training_steps}",
+            )
+        elif step >= training_steps:
+            problems.error(
+                schedule.source, k, "max_transition_step",
+                f"{step} is not before the end of training (training.steps = {training_steps}), "
+                f"so phase {k + 1} would never run",
+                "lower it, raise training.steps, or set phases.max_depth",
+            )
+        previous = (k, step)
+
+
+def _signature_hint(cls: type) -> str:
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return "fix init_args"
+    shown = [str(p) for p in params if p.name not in ("self", "params", "optimizer")
+             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return f"{cls.__name__} takes: {', '.join(shown)}"
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def check_optimizer(init: OptimizerInit, source: str, phase: int | None, prefix: str,
+                    problems: Problems) -> None:
+    """Import the class, check it is an Optimizer, construct it over a dummy parameter."""
+    try:
+        cls = classes.import_class(init.class_path, Optimizer, "a torch.optim.Optimizer subclass")
+    except classes.WrongKindError as e:
+        problems.error(source, phase, f"{prefix}.class_path", f"wrong kind of class: {e}",
+                       "name an optimizer class, e.g. torch.optim.AdamW")
+        return
+    except Exception as e:  # import runs user code: report whatever it raises
+        problems.error(source, phase, f"{prefix}.class_path",
+                       f"cannot import {init.class_path!r}: {_error_text(e)}",
+                       "check the dotted path and that its package is installed")
+        return
+    try:
+        classes.dry_run_optimizer(cls, init.init_args)
+    except Exception as e:
+        problems.error(source, phase, f"{prefix}.init_args",
+                       f"{cls.__name__}(**init_args) fails: {_error_text(e)}", _signature_hint(cls))
+
+
+def check_lr_scheduler(
+    init: LRSchedulerInit, n_groups: int, source: str, phase: int | None, prefix: str,
+    cfg: Phases, job_config: JobConfig, problems: Problems,
+) -> None:
+    """Import and classify the scheduler, check ``init_pg_lrs`` against the ``n_groups`` param
+    groups of the phase, and construct it around a dummy optimizer with that many groups."""
+    try:
+        cls = classes.import_class(init.class_path, (LRScheduler, ReduceLROnPlateau),
+                                   "a torch.optim.lr_scheduler class")
+    except classes.WrongKindError as e:
+        problems.error(source, phase, f"{prefix}.class_path", f"wrong kind of class: {e}",
+                       "name an LR scheduler class, e.g. torch.optim.lr_scheduler.StepLR")
+        return
+    except Exception as e:
+        problems.error(source, phase, f"{prefix}.class_path",
+                       f"cannot import {init.class_path!r}: {_error_text(e)}",
+                       "check the dotted path and that its package is installed")
+        return
+
+    if issubclass(cls, classes.REJECTED_LR_SCHEDULERS):
+        problems.error(source, phase, f"{prefix}.class_path",
+                       f"{cls.__name__} is not supported: it wraps other scheduler objects",
+                       "express the combined schedule as a LambdaLR function")
+        return
+    if cls not in classes.SUPPORTED_LR_SCHEDULERS and cfg.allow_untested is not True:
+        names = ", ".join(c.__name__ for c in classes.SUPPORTED_LR_SCHEDULERS)
+        problems.error(source, phase, f"{prefix}.class_path",
+                       f"{init.class_path} is not a tested LR scheduler (tested: {names})",
+                       "set phases.allow_untested = true to use it anyway")
+    if issubclass(cls, ReduceLROnPlateau) and not job_config.validation.enable:
+        problems.error(source, phase, f"{prefix}.class_path",
+                       "ReduceLROnPlateau needs a monitored metric (the validation loss), but "
+                       "[validation] enable = false",
+                       "set validation.enable = true; it is stepped after each validation")
+
+    if init.init_pg_lrs is not None:
+        if init.use_current_optimizer_pg_lrs:
+            problems.error(source, phase, f"{prefix}.use_current_optimizer_pg_lrs",
+                           "conflicts with init_pg_lrs: both set the param groups' lrs",
+                           "keep one of them")
+        if len(init.init_pg_lrs) != n_groups:
+            problems.error(
+                source, phase, f"{prefix}.init_pg_lrs",
+                f"has {len(init.init_pg_lrs)} lr(s), but phase {phase} has {n_groups} param "
+                f"group(s) (one per phase 0..{n_groups - 1})",
+                f"give exactly {n_groups} lrs, the last one for this phase's new group",
+            )
+    group_lrs = [_DUMMY_LR] * n_groups
+    if init.init_pg_lrs is not None and len(init.init_pg_lrs) == n_groups:
+        group_lrs = list(init.init_pg_lrs)
+    try:
+        classes.dry_run_lr_scheduler(cls, init.init_args, group_lrs)
+    except Exception as e:
+        problems.error(source, phase, f"{prefix}.init_args",
+                       f"{cls.__name__}(optimizer, **init_args) fails: {_error_text(e)}",
+                       _signature_hint(cls))
+
+
+def check_reinits(schedule: PhaseSchedule, cfg: Phases, job_config: JobConfig,
+                  problems: Problems) -> None:
+    """Dry-run every ``new_optimizer`` and ``new_lr_scheduler`` of an explicit schedule."""
+    for phase in schedule.phases:
+        if phase.index == 0:
+            continue  # reported by check_phase_zero
+        if phase.new_optimizer is not None:
+            check_optimizer(phase.new_optimizer, schedule.source, phase.index, "new_optimizer",
+                            problems)
+        scheduler = phase.new_lr_scheduler
+        if scheduler is not None:
+            check_lr_scheduler(scheduler, phase.index + 1, schedule.source,
+                               phase.index, "new_lr_scheduler", cfg, job_config, problems)
+            lrs = scheduler.init_pg_lrs
+            if (phase.lr is not None and lrs is not None and len(lrs) == phase.index + 1
+                    and lrs[-1] != phase.lr):
+                problems.error(
+                    schedule.source, phase.index, "new_lr_scheduler.init_pg_lrs",
+                    f"its last entry {lrs[-1]} (this phase's group) contradicts lr = {phase.lr}",
+                    "drop lr, or make the two equal",
+                )
+
+
+def check_implicit_reinits(
+    reinit_optimizer: OptimizerInit | None, reinit_lr_scheduler: LRSchedulerInit | None,
+    n_phases: int, source: str, cfg: Phases, job_config: JobConfig, problems: Problems,
+) -> None:
+    """Dry-run the reinit configs of a generated schedule once, reported against [phases]."""
+    if reinit_optimizer is not None:
+        check_optimizer(reinit_optimizer, source, None, "phases.reinit_optimizer", problems)
+    if reinit_lr_scheduler is not None:
+        for n_groups in sorted({2, max(n_phases, 2)}):  # the first and the last transition
+            before = len(problems.errors)
+            check_lr_scheduler(reinit_lr_scheduler, n_groups, source, None,
+                               "phases.reinit_lr_scheduler", cfg, job_config, problems)
+            if len(problems.errors) > before:
+                break
