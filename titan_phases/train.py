@@ -1,19 +1,48 @@
-"""``python -m titan_phases.train``: torchtitan's training entry point with titan_phases' specs.
+"""``python -m titan_phases.train``: run a torchtitan job with a phase schedule.
 
 Launched by ``run_train.sh`` through ``torchrun``. On machines without an accelerator the CPU
 runtime is switched on first, before torchtitan's trainer module copies its device settings.
+The job config and schedule are validated on every rank before any process group exists;
+invalid input exits with code 2 and the full list of problems.
+
+A model whose TrainSpec is not phase-aware (e.g. torchtitan's own ``llama3``) runs on
+torchtitan's stock Trainer, with the embedded datasets and the CPU runtime available.
 """
+
+import sys
 
 from titan_phases.runtime.cpu import activate_if_no_accelerator
 
 activate_if_no_accelerator()
 
-from torchtitan.train import Trainer, main  # noqa: E402
+import torchtitan.train  # noqa: E402
+from torchtitan.config import ConfigManager  # noqa: E402
+from torchtitan.protocols.train_spec import get_train_spec  # noqa: E402
+from torchtitan.tools.logging import init_logger  # noqa: E402
 
 from titan_phases.data.assets import ensure_assets  # noqa: E402
-from titan_phases.train_spec import register_train_specs  # noqa: E402
+from titan_phases.schedule import ScheduleError  # noqa: E402
+from titan_phases.train_spec import is_phased, register_train_specs  # noqa: E402
+from titan_phases.trainer import PhasedTrainer, schedule_for  # noqa: E402
 
-if __name__ == "__main__":
+EXIT_INVALID_INPUT = 2
+
+
+def main() -> None:
+    init_logger()
     ensure_assets()
     register_train_specs()
-    main(Trainer)
+    job_config = ConfigManager().parse_args(sys.argv[1:])
+    if not is_phased(get_train_spec(job_config.model.name)):
+        torchtitan.train.main(torchtitan.train.Trainer)
+        return
+    try:
+        schedule_for(job_config)
+    except ScheduleError as exc:
+        print(f"titan_phases: invalid job or schedule, nothing was run:\n{exc}", file=sys.stderr)
+        sys.exit(EXIT_INVALID_INPUT)
+    torchtitan.train.main(PhasedTrainer)
+
+
+if __name__ == "__main__":
+    main()

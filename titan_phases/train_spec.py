@@ -1,28 +1,65 @@
 """TrainSpecs that titan_phases registers with torchtitan.
 
-``phased(spec)`` derives a titan_phases spec from any torchtitan TrainSpec with
-``dataclasses.replace`` (only the builders titan_phases owns are swapped), and
-:func:`register_train_specs` registers ``<model>_phases`` for the model families below.
-Importing ``titan_phases.train`` registers them, so ``[model] name = "llama3_phases"`` works.
+``phased(spec)`` derives a phase-aware spec from any torchtitan TrainSpec with
+``dataclasses.replace``. It swaps only what phases need:
+
+* ``parallelize_fn`` is wrapped to freeze the parallelised model to phase 0 of the job's
+  schedule, so torchtitan's Trainer builds the optimizer over phase 0's params only;
+* ``build_optimizers_fn`` / ``build_lr_schedulers_fn``: the phase-aware containers;
+* ``build_metrics_processor_fn``: metrics.jsonl, per-group lrs, trainable params.
+
+Run such a spec with :class:`titan_phases.trainer.PhasedTrainer`. :func:`register_train_specs`
+registers ``<family>_phases`` for the model families below (importing ``titan_phases.train``
+does it), so ``[model] name = "llama3_phases"`` works.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
+from typing import Any
 
+import torch.nn as nn
+from torchtitan.config import JobConfig
 from torchtitan.protocols.train_spec import TrainSpec, get_train_spec, register_train_spec
 
+from titan_phases.components.lr_scheduler import build_phased_lr_schedulers
 from titan_phases.components.metrics import build_phase_metrics_processor
+from titan_phases.components.optimizer import build_phased_optimizers
+from titan_phases.components.thaw import limit_backward_all_gathers, set_trainable
 from titan_phases.data.datasets import register_datasets
 
 SPEC_SUFFIX = "_phases"
 PHASED_MODEL_FAMILIES = ("llama3", "qwen3")
 
 
+def _freezing_to_phase0(parallelize_fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    @functools.wraps(parallelize_fn)
+    def parallelize(model: nn.Module, parallel_dims: Any, job_config: JobConfig) -> nn.Module:
+        from titan_phases.trainer import schedule_for
+
+        model = parallelize_fn(model, parallel_dims, job_config)
+        set_trainable([model], schedule_for(job_config).trainable_params(0))
+        limit_backward_all_gathers([model])
+        return model
+
+    return parallelize
+
+
 def phased(spec: TrainSpec) -> TrainSpec:
-    """Return a copy of ``spec`` that uses titan_phases' builders."""
-    return dataclasses.replace(spec, build_metrics_processor_fn=build_phase_metrics_processor)
+    """Return a copy of ``spec`` that runs phase schedules (with PhasedTrainer)."""
+    return dataclasses.replace(
+        spec,
+        parallelize_fn=_freezing_to_phase0(spec.parallelize_fn),
+        build_optimizers_fn=build_phased_optimizers,
+        build_lr_schedulers_fn=build_phased_lr_schedulers,
+        build_metrics_processor_fn=build_phase_metrics_processor,
+    )
+
+
+def is_phased(spec: TrainSpec) -> bool:
+    return spec.build_optimizers_fn is build_phased_optimizers
 
 
 @functools.cache

@@ -16,6 +16,8 @@ def test_train_record_translates_torchtitan_names_and_collects_group_lrs():
             "lr/group_1": 0.01,
             "lr/group_0": 0.1,
             "trainable_params": 42,
+            "optimizer_state_bytes/rank_1": 8,
+            "optimizer_state_bytes/rank_0": 16,
             "phase": 1,
         },
         step=7,
@@ -25,6 +27,7 @@ def test_train_record_translates_torchtitan_names_and_collects_group_lrs():
     assert record["lr"] == [0.1, 0.01]
     assert record["tokens_per_second"] == 1000.0 and record["step_time_s"] == 0.25
     assert record["trainable_params"] == 42 and record["phase"] == 1
+    assert record["optimizer_state_bytes"] == [16, 8]
     assert "memory/max_active(GiB)" not in record
 
 

@@ -3,7 +3,8 @@
 :class:`PhaseMetricsProcessor` is torchtitan's ``MetricsProcessor`` with two additions:
 
 * every logged training step also reports the lr of each param group (as the optimizer used
-  it, captured just before ``optimizer.step``) and the number of trainable parameters;
+  it, captured just before ``optimizer.step``), the number of trainable parameters and the
+  optimizer state bytes held by each rank;
   subclasses or the trainer add more through :meth:`PhaseMetricsProcessor.add_step_metrics`;
 * a :class:`JsonlLogger` writes ``<job.dump_folder>/metrics.jsonl`` beside TensorBoard, one JSON
   object per logged step, whether or not TensorBoard is enabled.
@@ -12,8 +13,8 @@ The JSONL schema (keys absent when not measured)::
 
     {"type": "train", "step": 20, "loss": 3.21, "max_loss": 3.4, "grad_norm": 0.9,
      "lr": [0.0008, 0.0001], "tokens_per_second": 5120.3, "step_time_s": 0.41,
-     "trainable_params": 1234567, "memory_peak_gib": 1.02, "mfu_pct": 3.1, "time": 1.7e9,
-     ...extra keys such as "phase"}
+     "trainable_params": 1234567, "optimizer_state_bytes": [4937728, 4937728],
+     "memory_peak_gib": 1.02, "mfu_pct": 3.1, "time": 1.7e9, ...extra keys such as "phase"}
     {"type": "validation", "step": 20, "loss": 3.05, ...}
 
 **Limitations**
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import time
 from typing import Any
@@ -56,6 +58,9 @@ _JSONL_KEYS = {
     "validation_metrics/memory/max_reserved(GiB)": "memory_peak_gib",
 }
 _LR_PREFIX = "lr/group_"
+_STATE_BYTES_PREFIX = "optimizer_state_bytes/rank_"
+# TensorBoard takes scalars, so lists travel as "<name>/group_<i>" or "<name>/rank_<i>".
+_LIST_KEY = re.compile(r"^(?P<base>[a-z_]+)/(?:group|rank)_(?P<index>\d+)$")
 
 
 def _json_value(value: Any) -> Any:
@@ -70,16 +75,16 @@ def to_jsonl_record(metrics: dict[str, Any], step: int) -> dict[str, Any]:
     """Translate one torchtitan metrics dict into a ``metrics.jsonl`` record."""
     is_validation = any(k.startswith("validation_metrics/") for k in metrics)
     record: dict[str, Any] = {"type": "validation" if is_validation else "train", "step": step}
-    lrs: dict[int, float] = {}
+    lists: dict[str, dict[int, Any]] = {}
     for name, value in metrics.items():
-        if name.startswith(_LR_PREFIX):
-            lrs[int(name[len(_LR_PREFIX) :])] = _json_value(value)
+        if match := _LIST_KEY.match(name):
+            lists.setdefault(match["base"], {})[int(match["index"])] = _json_value(value)
         elif name in _JSONL_KEYS:
             record[_JSONL_KEYS[name]] = _json_value(value)
         elif "/" not in name and name != "lr":
             record[name] = _json_value(value)
-    if lrs:
-        record["lr"] = [lrs[i] for i in sorted(lrs)]
+    for base, values in lists.items():
+        record[base] = [values[i] for i in sorted(values)]
     record["time"] = time.time()
     return record
 
@@ -102,6 +107,18 @@ class JsonlLogger(BaseLogger):
 
     def close(self) -> None:
         self._file.close()
+
+
+def optimizer_state_bytes(optimizers: Any) -> int:
+    """Bytes of optimizer state held by this rank (local shards of DTensor state)."""
+    total = 0
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    local = value.to_local() if hasattr(value, "to_local") else value
+                    total += local.numel() * local.element_size()
+    return total
 
 
 def trainable_parameter_count(model_parts: list[torch.nn.Module]) -> int:
@@ -145,6 +162,18 @@ class PhaseMetricsProcessor(MetricsProcessor):
         first = next(iter(self._hooked_optimizers))
         self._step_lrs = [float(group["lr"]) for group in first.param_groups]
 
+    def _state_bytes_per_rank(self) -> dict[str, int]:
+        # Every rank calls log() (torchtitan reduces the loss there), so this gather is safe.
+        device = (
+            torch.accelerator.current_accelerator()
+            if torch.accelerator.is_available()
+            else torch.device("cpu")
+        )
+        local = torch.tensor([optimizer_state_bytes(self.optimizers)], dtype=torch.int64, device=device)
+        gathered = [torch.zeros_like(local) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, local)
+        return {f"{_STATE_BYTES_PREFIX}{rank}": int(t.item()) for rank, t in enumerate(gathered)}
+
     def start_at(self, step: int) -> None:
         """Tell the processor training (re)starts after ``step``, e.g. after a checkpoint load."""
         self._last_logged_step = step
@@ -170,6 +199,8 @@ class PhaseMetricsProcessor(MetricsProcessor):
         metrics.update({f"{_LR_PREFIX}{i}": lr for i, lr in enumerate(self._step_lrs)})
         if self.model_parts is not None:
             metrics["trainable_params"] = trainable_parameter_count(self.model_parts)
+        if self.optimizers is not None:
+            metrics.update(self._state_bytes_per_rank())
         metrics.update(self._extra_step_metrics)
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=metrics)
 
