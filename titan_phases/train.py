@@ -9,6 +9,7 @@ A model whose TrainSpec is not phase-aware (e.g. torchtitan's own ``llama3``) ru
 torchtitan's stock Trainer, with the embedded datasets and the CPU runtime available.
 """
 
+import importlib
 import sys
 
 from titan_phases.runtime.cpu import activate_if_no_accelerator
@@ -20,6 +21,7 @@ from torchtitan.config import ConfigManager  # noqa: E402
 from torchtitan.protocols.train_spec import get_train_spec  # noqa: E402
 from torchtitan.tools.logging import init_logger  # noqa: E402
 
+from titan_phases.components.phase_controller import ScheduleMismatchError  # noqa: E402
 from titan_phases.data.assets import ensure_assets  # noqa: E402
 from titan_phases.schedule import ScheduleError  # noqa: E402
 from titan_phases.train_spec import is_phased, register_train_specs  # noqa: E402
@@ -33,6 +35,8 @@ def main() -> None:
     ensure_assets()
     register_train_specs()
     job_config = ConfigManager().parse_args(sys.argv[1:])
+    if job_config.experimental.custom_import:
+        importlib.import_module(job_config.experimental.custom_import)
     if not is_phased(get_train_spec(job_config.model.name)):
         torchtitan.train.main(torchtitan.train.Trainer)
         return
@@ -41,7 +45,11 @@ def main() -> None:
     except ScheduleError as exc:
         print(f"titan_phases: invalid job or schedule, nothing was run:\n{exc}", file=sys.stderr)
         sys.exit(EXIT_INVALID_INPUT)
-    torchtitan.train.main(PhasedTrainer)
+    try:
+        torchtitan.train.main(PhasedTrainer)
+    except ScheduleMismatchError as exc:
+        print(f"titan_phases: cannot resume, nothing was changed: {exc}", file=sys.stderr)
+        sys.exit(EXIT_INVALID_INPUT)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from torchtitan.train import Trainer
 from titan_phases.components.phase_controller import (
     CHECKPOINT_KEY,
     PhaseController,
+    ScheduleMismatchError,
     Transition,
 )
 from titan_phases.components.thaw import (
@@ -103,8 +104,10 @@ class PhasedTrainer(Trainer):
         saved = read_saved_phase_state(checkpoint_id) if checkpoint_id else None
         if saved is None:
             return
-        # Raises ScheduleMismatchError before anything is rebuilt or loaded.
-        self.phase_controller.load_state_dict(saved)
+        try:
+            self.phase_controller.load_state_dict(saved)
+        except ScheduleMismatchError as exc:
+            raise ScheduleMismatchError(f"{checkpoint_id}: {exc}") from None
         target = self.phase_controller.phase
         if target > 0:
             logger.info(

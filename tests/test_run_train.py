@@ -1,0 +1,76 @@
+"""The README's training command, end to end: ./run_train.sh runs the default phased job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _model_tensors(checkpoint: Path, out: Path) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(checkpoint, out)
+    state = torch.load(out, weights_only=False)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and "." in k}
+
+
+@pytest.fixture(scope="module")
+def default_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dump = tmp_path_factory.mktemp("default_job") / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TITAN_PHASES_CACHE"}
+    result = subprocess.run(
+        ["./run_train.sh", "--job.dump_folder", str(dump)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return dump
+
+
+def test_default_job_passes_through_every_phase_and_learns(default_job: Path):
+    records = [json.loads(line) for line in (default_job / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["type"] == "train"]
+    assert sorted({r["phase"] for r in train}) == [0, 1, 2]
+    assert train[-1]["step"] == 60
+    assert train[-1]["loss"] < 0.5 * train[0]["loss"]
+    assert [r for r in records if r["type"] == "validation"]
+    assert list((default_job / "tb").rglob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (default_job / "checkpoint").iterdir()) == [
+        "step-20", "step-40", "step-60",
+    ]
+
+
+def test_frozen_params_stay_bitwise_until_their_phase_thaws_them(default_job: Path, tmp_path: Path):
+    import tomllib
+
+    config = tomllib.loads((REPO / "train_configs/debug_model.toml").read_text())
+    pretrained = _model_tensors(
+        REPO / config["checkpoint"]["initial_load_path"], tmp_path / "pretrained.pt"
+    )
+    at = {
+        step: _model_tensors(default_job / "checkpoint" / f"step-{step}", tmp_path / f"{step}.pt")
+        for step in (20, 40, 60)
+    }
+
+    def block(name: str) -> int | None:
+        parts = name.split(".")
+        return int(parts[1]) if parts[0] == "layers" else None
+
+    def thawed_in(name: str) -> int:  # the default schedule
+        if name in ("output.weight", "norm.weight") or block(name) == 5:
+            return 0
+        if block(name) in (3, 4):
+            return 1
+        return 2
+
+    # Checkpoint at step 20 holds the end of phase 0, at 40 the end of phase 1, at 60 phase 2.
+    for phase, step in enumerate((20, 40, 60)):
+        for name, tensor in pretrained.items():
+            changed = not torch.equal(at[step][name], tensor)
+            assert changed == (thawed_in(name) <= phase), (name, step)

@@ -1,0 +1,99 @@
+"""Launch real torchrun jobs of ``python -m titan_phases.train`` and read what they wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_JOB = REPO / "tests" / "trainer" / "tiny_job.toml"
+
+
+@dataclass
+class JobResult:
+    returncode: int
+    output: str
+    dump: Path
+
+    def records(self, kind: str = "train") -> list[dict]:
+        """metrics.jsonl records of ``kind`` written by the *last* process start."""
+        lines = (self.dump / "metrics.jsonl").read_text().splitlines()
+        runs: list[list[dict]] = []
+        for line in lines:
+            record = json.loads(line)
+            if record["type"] == "run_start":
+                runs.append([])
+            elif record["type"] == kind:
+                runs[-1].append(record)
+        return runs[-1]
+
+    def losses(self) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in self.records()}
+
+
+def _complete_records(path: Path) -> list[dict]:
+    # The job may be mid-way through writing its last line.
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def run_job(
+    dump: Path,
+    *overrides: str,
+    nproc: int = 2,
+    config: Path = TINY_JOB,
+    kill_after_step: int | None = None,
+    timeout: float = 300,
+) -> JobResult:
+    """Run a job with torchrun.
+
+    With ``kill_after_step`` the job stalls right after logging that step (see
+    ``tests/trainer/tiny_spec.py``) and is then SIGKILLed, launcher and ranks together; its last
+    complete checkpoint is ``kill_after_step - 1``.
+    """
+    cache = os.environ["TITAN_PHASES_CACHE"]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0",
+        "-m", "titan_phases.train", "--job.config_file", str(config),
+        "--job.dump_folder", str(dump), "--model.hf_assets_path", f"{cache}/tokenizer",
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    if kill_after_step is not None:
+        env["TITAN_PHASES_TEST_STALL_AT_STEP"] = str(kill_after_step)
+    log = dump.parent / f"{dump.name}.{time.monotonic_ns()}.log"
+    dump.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise TimeoutError(f"job did not finish in {timeout}s; log: {log}")
+            if kill_after_step is not None and _logged(dump, kill_after_step):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+            time.sleep(0.05)
+    return JobResult(proc.returncode, log.read_text(), dump)
+
+
+def _logged(dump: Path, step: int) -> bool:
+    path = dump / "metrics.jsonl"
+    return path.exists() and any(
+        r["type"] == "train" and r["step"] == step for r in _complete_records(path)
+    )

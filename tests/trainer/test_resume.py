@@ -1,0 +1,105 @@
+"""Kill a phased job at chosen steps, restart it with the same command, compare with a run
+that never stopped; resume on another number of ranks; refuse an incompatible schedule."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.jobs import JobResult, run_job, TINY_JOB
+
+pytestmark = pytest.mark.usefixtures("embedded_assets")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, embedded_assets: Path) -> JobResult:
+    result = run_job(tmp_path_factory.mktemp("reference") / "run")
+    assert result.returncode == 0, result.output[-3000:]
+    return result
+
+
+def test_uninterrupted_run_goes_through_every_phase(uninterrupted: JobResult):
+    records = uninterrupted.records()
+    assert [r["phase"] for r in records] == [0] * 4 + [1] * 4 + [2] * 4
+    assert [len(r["lr"]) for r in records] == [1] * 4 + [2] * 4 + [3] * 4
+    trainable = [r["trainable_params"] for r in records]
+    assert trainable[0] < trainable[4] < trainable[8]
+    assert "Phase 0 -> 1 after step 4" in uninterrupted.output
+    assert "Phase 1 -> 2 after step 8" in uninterrupted.output
+
+
+# Phase 0 ends after step 4 (max_transition_step). Killed while logging step K, the job
+# restarts from the checkpoint of step K - 1.
+@pytest.mark.parametrize(
+    "resume_from",
+    [4, 5, 6],
+    ids=["at-transition-step", "one-step-after-transition", "mid-phase"],
+)
+def test_kill_and_restart_reproduces_losses_bitwise(
+    uninterrupted: JobResult, tmp_path: Path, resume_from: int
+):
+    dump = tmp_path / "run"
+    killed = run_job(dump, kill_after_step=resume_from + 1)
+    assert killed.returncode != 0, "the job should have been killed"
+    resumed = run_job(dump)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+
+    reference = uninterrupted.losses()
+    after_restart = resumed.losses()
+    assert sorted(after_restart) == list(range(resume_from + 1, 13))
+    assert after_restart == {step: reference[step] for step in after_restart}
+    reference_lrs = {r["step"]: r["lr"] for r in uninterrupted.records()}
+    assert all(r["lr"] == reference_lrs[r["step"]] for r in resumed.records())
+
+
+def test_phase1_checkpoint_from_two_ranks_resumes_on_one(uninterrupted: JobResult, tmp_path: Path):
+    import shutil
+
+    dump = tmp_path / "run"
+    shutil.copytree(uninterrupted.dump / "checkpoint", dump / "checkpoint")
+    resumed = run_job(
+        dump,
+        "--checkpoint.load_step", "6",
+        "--checkpoint.exclude_from_loading", "dataloader",
+        nproc=1,
+    )
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    records = resumed.records()
+    reference = {r["step"]: r for r in uninterrupted.records()}
+    assert records[0]["step"] == 7 and records[0]["phase"] == 1
+    assert records[0]["lr"] == reference[7]["lr"]
+    assert [r["phase"] for r in records] == [1, 1, 2, 2, 2, 2]
+    assert records[-1]["step"] == 12
+
+
+def _tree_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def test_incompatible_schedule_on_resume_is_refused_and_checkpoint_untouched(
+    uninterrupted: JobResult, tmp_path: Path
+):
+    import shutil
+
+    dump = tmp_path / "run"
+    shutil.copytree(uninterrupted.dump / "checkpoint", dump / "checkpoint")
+    before = _tree_digest(dump / "checkpoint")
+    # A valid schedule, but phase 1 (the checkpoint's phase) now thaws another block.
+    changed = tmp_path / "changed_job.toml"
+    changed.write_text(
+        TINY_JOB.read_text()
+        .replace("params = ['layers\\.2\\..+']", "params = ['layers\\.1\\..+']")
+        .replace("'layers\\.[01]\\..+'", "'layers\\.[02]\\..+'")
+    )
+    assert changed.read_text() != TINY_JOB.read_text()
+    refused = run_job(dump, "--checkpoint.load_step", "6", config=changed)
+    assert refused.returncode != 0
+    assert "cannot resume" in refused.output
+    assert "phase(s) 1 differ" in refused.output
+    assert _tree_digest(dump / "checkpoint") == before
