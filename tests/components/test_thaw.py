@@ -1,0 +1,110 @@
+"""Thawing on FSDP2-sharded torchtitan models (real gloo ranks)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tests.dist import run_ranks
+
+TOP = ["output.weight", "norm.weight"] + [
+    f"layers.5.{n}" for n in (
+        "attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
+        "attention.wo.weight", "feed_forward.w1.weight", "feed_forward.w2.weight",
+        "feed_forward.w3.weight", "attention_norm.weight", "ffn_norm.weight",
+    )
+]
+
+
+def _sharded_debug_model(world_size: int) -> torch.nn.Module:
+    from titan_phases.runtime.cpu import activate_if_no_accelerator
+
+    activate_if_no_accelerator()
+    from torchtitan.config import ConfigManager
+    from torchtitan.distributed import ParallelDims
+    from torchtitan.models.llama3 import llama3_args, Transformer
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    job_config = ConfigManager().parse_args(
+        ["--model.hf_assets_path", ".", "--training.seq_len", "32",
+         "--activation_checkpoint.mode", "none", "--training.mixed_precision_param", "float32"]
+    )
+    dims = ParallelDims(
+        dp_shard=world_size, dp_replicate=1, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=world_size
+    )
+    with torch.device("meta"):
+        model = Transformer(llama3_args["debugmodel"])
+    model = get_train_spec("llama3").parallelize_fn(model, dims, job_config)
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.init_weights()
+    return model
+
+
+def _loss(model: torch.nn.Module, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 2048, (2, 33), generator=g)
+    logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+
+def _thaw_after_validation_forward(rank: int, world_size: int) -> dict[str, bool]:
+    from titan_phases.components.thaw import parameters_named, set_trainable
+
+    model = _sharded_debug_model(world_size)
+    set_trainable([model], TOP)
+    with torch.no_grad():
+        _loss(model, seed=1)  # a validation forward leaves the root module unsharded
+    count = set_trainable([model], TOP + ["tok_embeddings.weight"])
+    (embedding,) = parameters_named([model], ["tok_embeddings.weight"])[0]
+    before = embedding.full_tensor().clone()
+    optimizer = torch.optim.SGD([embedding], lr=1.0)
+    _loss(model, seed=2).backward()
+    optimizer.step()
+    return {
+        "sharded": type(embedding).__name__ == "DTensor",
+        "has_grad": embedding.grad is not None,
+        "changed": not torch.equal(before, embedding.full_tensor()),
+        "count_ok": count.tensors == len(TOP) + 1,
+    }
+
+
+def test_thaw_after_a_validation_forward_reaches_the_sharded_params():
+    for result in run_ranks(_thaw_after_validation_forward, 2):
+        assert result == {"sharded": True, "has_grad": True, "changed": True, "count_ok": True}
+
+
+def _backward_all_gathers(rank: int, world_size: int, limit: bool) -> tuple[int, torch.Tensor]:
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group
+
+    from titan_phases.components.thaw import limit_backward_all_gathers, set_trainable
+
+    model = _sharded_debug_model(world_size)
+    set_trainable([model], TOP)
+    if limit:
+        limit_backward_all_gathers([model])
+    loss = _loss(model, seed=3)
+    calls = 0
+    # Every FSDP2 unshard goes through this one function (a private module of torch).
+    original = _fsdp_param_group.foreach_all_gather
+
+    def counting(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    _fsdp_param_group.foreach_all_gather = counting
+    try:
+        loss.backward()
+    finally:
+        _fsdp_param_group.foreach_all_gather = original
+    grad = dict(model.named_parameters())["layers.5.attention.wq.weight"].grad.full_tensor()
+    return calls, grad
+
+
+def test_frozen_block_below_the_trainable_ones_is_not_all_gathered_in_backward():
+    default_calls, default_grad = run_ranks(_backward_all_gathers, 2, False)[0]
+    limited_calls, limited_grad = run_ranks(_backward_all_gathers, 2, True)[0]
+    assert limited_calls == default_calls - 1, (default_calls, limited_calls)
+    assert torch.equal(limited_grad, default_grad)
