@@ -1,0 +1,300 @@
+"""PhasedLRSchedulersContainer: transitions, reinits and resume for every supported scheduler."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.optim import lr_scheduler as lrs
+from torchtitan.config import LRScheduler as LRSchedulerConfig
+
+from tests.components.phased_workers import build_model, freeze_to, params_with, PHASES
+from titan_phases.components.lr_scheduler import (
+    build_phased_lr_schedulers,
+    PhasedLRSchedulersContainer,
+    WarmupStableDecayLR,
+)
+from titan_phases.components.optimizer import PhasedOptimizersContainer, PhaseMismatchError
+
+PHASE0_LR, PHASE1_LR = 0.1, 0.03
+HERE = __name__
+
+
+def decay(step: int) -> float:
+    return 0.95**step
+
+
+def shrink(step: int) -> float:
+    return 0.9 if step % 2 else 0.97
+
+
+# (class path, init args as a schedule gives them, the same args as objects for torch)
+CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("LambdaLR", {"lr_lambda": f"{HERE}.decay"}, {"lr_lambda": decay}),
+    ("MultiplicativeLR", {"lr_lambda": f"{HERE}.shrink"}, {"lr_lambda": shrink}),
+    ("StepLR", {"step_size": 2, "gamma": 0.5}, {}),
+    ("MultiStepLR", {"milestones": [1, 4], "gamma": 0.3}, {}),
+    ("ExponentialLR", {"gamma": 0.9}, {}),
+    ("CosineAnnealingLR", {"T_max": 6, "eta_min": 1e-3}, {}),
+    ("CosineAnnealingWarmRestarts", {"T_0": 2, "T_mult": 2, "eta_min": 1e-3}, {}),
+    ("ConstantLR", {"factor": 0.5, "total_iters": 3}, {}),
+    ("LinearLR", {"start_factor": 0.2, "total_iters": 4}, {}),
+    (
+        "titan_phases.components.lr_scheduler.WarmupStableDecayLR",
+        {
+            "warmup_steps": 2,
+            "stable_steps": 2,
+            "decay_steps": 5,
+            "decay_type": "cosine",
+            "min_lr_factor": 0.1,
+        },
+        {},
+    ),
+    ("ReduceLROnPlateau", {"factor": 0.5, "patience": 0}, {}),
+]
+IDS = [case[0].rsplit(".", 1)[-1] for case in CASES]
+METRICS = [1.0, 0.5, 0.6, 0.7, 0.7, 0.2, 0.3, 0.4, 0.4, 0.4]
+
+
+def _torch_class(class_path: str) -> type:
+    return (
+        WarmupStableDecayLR
+        if class_path.endswith("WarmupStableDecayLR")
+        else getattr(lrs, class_path)
+    )
+
+
+def _optimizers() -> tuple[list[nn.Module], PhasedOptimizersContainer]:
+    parts = [build_model()]
+    freeze_to(parts, PHASES[0])
+    return parts, PhasedOptimizersContainer(parts, torch.optim.SGD, {"lr": PHASE0_LR})
+
+
+def _enter_phase1(parts, optimizers, lr_schedulers, lr_scheduler=None, **kwargs) -> None:
+    new = params_with(parts[0], PHASES[1])
+    for param in new:
+        param.requires_grad_(True)
+    optimizers.add_phase(1, [new], lr=PHASE1_LR)
+    lr_schedulers.add_phase(1, lr_scheduler, **kwargs)
+
+
+def _advance(optimizers, lr_schedulers: PhasedLRSchedulersContainer, step: int) -> None:
+    optimizers.step()  # no grads: only marks the step, as the training loop's order requires
+    if not lr_schedulers.step_on_metric(METRICS[step % len(METRICS)]):
+        lr_schedulers.step()
+
+
+def _lrs(optimizers: PhasedOptimizersContainer) -> list[float]:
+    return [g["lr"] for g in optimizers.optimizers[0].param_groups]
+
+
+@pytest.mark.parametrize(("class_path", "init_args", "objects"), CASES, ids=IDS)
+def test_new_group_follows_the_running_schedule(class_path, init_args, objects):
+    parts, optimizers = _optimizers()
+    lr_schedulers = PhasedLRSchedulersContainer(optimizers, class_path, init_args)
+    # Reference: the same scheduler over an optimizer that had the phase-1 group from the start.
+    groups = [{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (PHASE0_LR, PHASE1_LR)]
+    reference_optimizer = torch.optim.SGD(groups)
+    reference = _torch_class(class_path)(reference_optimizer, **(init_args | objects))
+    plateau = isinstance(reference, lrs.ReduceLROnPlateau)
+
+    def advance_reference(step: int) -> None:
+        reference_optimizer.step()
+        reference.step(METRICS[step % len(METRICS)]) if plateau else reference.step()
+
+    for step in range(3):
+        _advance(optimizers, lr_schedulers, step)
+        advance_reference(step)
+    _enter_phase1(parts, optimizers, lr_schedulers)
+    scheduler = lr_schedulers.schedulers[0]
+    new_group = optimizers.optimizers[0].param_groups[1]
+    assert new_group["initial_lr"] == PHASE1_LR
+    if plateau:
+        # Plateau reductions are events, not a function of the step: the group starts afresh.
+        assert new_group["lr"] == PHASE1_LR and len(scheduler.min_lrs) == 2
+    else:
+        assert scheduler.base_lrs == [PHASE0_LR, PHASE1_LR]
+        assert new_group["lr"] == pytest.approx(
+            reference_optimizer.param_groups[1]["lr"], rel=1e-12
+        )
+    assert scheduler.get_last_lr() == _lrs(optimizers)
+
+    for step in range(3, 9):
+        _advance(optimizers, lr_schedulers, step)
+        advance_reference(step)
+        assert _lrs(optimizers)[0] == reference_optimizer.param_groups[0]["lr"]
+        if not plateau:
+            assert _lrs(optimizers)[1] == pytest.approx(
+                reference_optimizer.param_groups[1]["lr"], rel=1e-12
+            )
+    if plateau:
+        assert _lrs(optimizers)[1] < PHASE1_LR  # reductions after the transition reach it
+
+
+@pytest.mark.parametrize(("class_path", "init_args", "objects"), CASES, ids=IDS)
+def test_reinit_then_resume_follows_the_same_lr_trajectory(class_path, init_args, objects):
+    def phase1_stack() -> tuple[PhasedOptimizersContainer, PhasedLRSchedulersContainer]:
+        parts, optimizers = _optimizers()
+        lr_schedulers = build_phased_lr_schedulers(
+            optimizers, LRSchedulerConfig(warmup_steps=2), 10
+        )
+        _enter_phase1(
+            parts, optimizers, lr_schedulers, (class_path, init_args), init_pg_lrs=[0.2, 0.05]
+        )
+        return optimizers, lr_schedulers
+
+    optimizers, lr_schedulers = phase1_stack()
+    scheduler = lr_schedulers.schedulers[0]
+    assert type(scheduler) is _torch_class(class_path)
+    assert [g["initial_lr"] for g in optimizers.optimizers[0].param_groups] == [0.2, 0.05]
+    if not isinstance(scheduler, lrs.ReduceLROnPlateau):
+        assert scheduler.base_lrs == [0.2, 0.05]
+    for step in range(4):
+        _advance(optimizers, lr_schedulers, step)
+    saved_optimizer, saved_schedulers = optimizers.state_dict(), lr_schedulers.state_dict()
+
+    resumed_optimizers, resumed_schedulers = phase1_stack()
+    resumed_optimizers.load_state_dict(saved_optimizer)
+    resumed_schedulers.load_state_dict(saved_schedulers)
+    assert resumed_schedulers.schedulers[0].last_epoch == scheduler.last_epoch
+    for step in range(4, 10):
+        _advance(optimizers, lr_schedulers, step)
+        _advance(resumed_optimizers, resumed_schedulers, step)
+        assert _lrs(resumed_optimizers) == _lrs(optimizers)
+        assert resumed_schedulers.schedulers[0].get_last_lr() == scheduler.get_last_lr()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, lambda current: [PHASE0_LR, PHASE1_LR]),  # the groups' initial lrs
+        ({"use_current_optimizer_pg_lrs": True}, lambda current: current),
+        ({"init_pg_lrs": [0.2, 0.05]}, lambda current: [0.2, 0.05]),
+        (
+            {"init_pg_lrs": [0.2, 0.05], "use_current_optimizer_pg_lrs": True},
+            lambda current: [0.2, 0.05],
+        ),
+    ],
+    ids=["initial_lr", "use_current_optimizer_pg_lrs", "init_pg_lrs", "init_pg_lrs_wins"],
+)
+def test_reinit_start_lrs_follow_fts_precedence(kwargs, expected):
+    parts, optimizers = _optimizers()
+    lr_schedulers = build_phased_lr_schedulers(optimizers, LRSchedulerConfig(warmup_steps=4), 10)
+    _advance(optimizers, lr_schedulers, 0)
+    new = params_with(parts[0], PHASES[1])
+    for param in new:
+        param.requires_grad_(True)
+    optimizers.add_phase(1, [new], lr=PHASE1_LR)
+    current = _lrs(optimizers)
+    lr_schedulers.add_phase(1, ("ExponentialLR", {"gamma": 0.5}), **kwargs)
+    starts = expected(current)
+    assert [g["initial_lr"] for g in optimizers.optimizers[0].param_groups] == starts
+    assert lr_schedulers.schedulers[0].base_lrs == starts
+    assert _lrs(optimizers) == starts  # ExponentialLR at its step 0
+    _advance(optimizers, lr_schedulers, 1)
+    assert _lrs(optimizers) == [lr * 0.5 for lr in starts]
+
+
+def test_schedule_continues_on_an_optimizer_rebuilt_as_another_class():
+    parts, optimizers = _optimizers()
+    lr_schedulers = PhasedLRSchedulersContainer(optimizers, "ExponentialLR", {"gamma": 0.5})
+    for step in range(2):
+        _advance(optimizers, lr_schedulers, step)
+    new = params_with(parts[0], PHASES[1])
+    for param in new:
+        param.requires_grad_(True)
+    optimizers.add_phase(1, [new], lr=PHASE1_LR, optimizer=("AdamW", {"lr": 1.0}))
+    lr_schedulers.add_phase(1)
+    assert lr_schedulers.schedulers[0].optimizer is optimizers.optimizers[0]
+    assert _lrs(optimizers) == [PHASE0_LR * 0.25, PHASE1_LR * 0.25]
+    _advance(optimizers, lr_schedulers, 2)
+    assert _lrs(optimizers) == [PHASE0_LR * 0.125, PHASE1_LR * 0.125]
+
+
+def test_step_and_step_on_metric_each_drive_only_their_kind():
+    _, optimizers = _optimizers()
+    plateau = PhasedLRSchedulersContainer(
+        optimizers, "ReduceLROnPlateau", {"factor": 0.5, "patience": 0}
+    )
+    plateau.step()
+    assert _lrs(optimizers) == [PHASE0_LR]
+    assert plateau.step_on_metric(1.0) and plateau.step_on_metric(2.0)
+    assert _lrs(optimizers) == [PHASE0_LR * 0.5]
+
+    _, optimizers = _optimizers()
+    per_step = PhasedLRSchedulersContainer(optimizers, "ExponentialLR", {"gamma": 0.5})
+    assert not per_step.step_on_metric(1.0)
+    assert _lrs(optimizers) == [PHASE0_LR]
+
+
+def test_loading_state_of_another_phase_or_scheduler_fails_naming_both():
+    parts, optimizers = _optimizers()
+    lr_schedulers = PhasedLRSchedulersContainer(optimizers, "StepLR", {"step_size": 2})
+    phase0_state = lr_schedulers.state_dict()
+    _enter_phase1(parts, optimizers, lr_schedulers)
+    phase1_state = lr_schedulers.state_dict()
+    with pytest.raises(
+        PhaseMismatchError, match=r"saved in phase 0 .* live schedulers are in phase 1"
+    ):
+        lr_schedulers.load_state_dict(phase0_state)
+
+    _, other_optimizers = _optimizers()
+    phase0_schedulers = PhasedLRSchedulersContainer(other_optimizers, "StepLR", {"step_size": 2})
+    with pytest.raises(
+        PhaseMismatchError, match=r"saved in phase 1 .* live schedulers are in phase 0"
+    ):
+        phase0_schedulers.load_state_dict(phase1_state)
+    exponential = PhasedLRSchedulersContainer(other_optimizers, "ExponentialLR", {"gamma": 0.5})
+    with pytest.raises(PhaseMismatchError, match=r"StepLR\).*ExponentialLR\)"):
+        exponential.load_state_dict(phase0_state)
+
+
+def test_changed_init_args_warn_and_the_saved_position_is_restored(caplog):
+    _, optimizers = _optimizers()
+    lr_schedulers = PhasedLRSchedulersContainer(optimizers, "StepLR", {"step_size": 2})
+    for step in range(3):
+        _advance(optimizers, lr_schedulers, step)
+    _, other_optimizers = _optimizers()
+    other = PhasedLRSchedulersContainer(other_optimizers, "StepLR", {"step_size": 3})
+    with caplog.at_level(logging.WARNING, logger="titan_phases.components.lr_scheduler"):
+        other.load_state_dict(lr_schedulers.state_dict())
+    assert "init args differ" in caplog.text
+    assert other.schedulers[0].last_epoch == 3
+
+
+def test_invalid_transitions_and_schedulers_are_rejected():
+    parts, optimizers = _optimizers()
+    lr_schedulers = build_phased_lr_schedulers(optimizers, LRSchedulerConfig(), 10)
+    with pytest.raises(ValueError, match="call optimizers.add_phase"):
+        lr_schedulers.add_phase(1)
+    with pytest.raises(ValueError, match="SequentialLR is not supported: it wraps other"):
+        PhasedLRSchedulersContainer(optimizers, "SequentialLR", {})
+    with pytest.raises(TypeError, match="is not an lr scheduler"):
+        PhasedLRSchedulersContainer(optimizers, "torch.optim.SGD", {})
+    with pytest.raises(TypeError, match="dotted paths"):
+        PhasedLRSchedulersContainer(optimizers, "LambdaLR", {"lr_lambda": decay})
+    new = params_with(parts[0], PHASES[1])
+    for param in new:
+        param.requires_grad_(True)
+    optimizers.add_phase(1, [new], lr=PHASE1_LR)
+    with pytest.raises(ValueError, match="apply only with a new lr scheduler"):
+        lr_schedulers.add_phase(1, init_pg_lrs=[0.1, 0.1])
+    with pytest.raises(ValueError, match="init_pg_lrs has 1 entries, expected 2"):
+        lr_schedulers.add_phase(1, ("StepLR", {"step_size": 1}), init_pg_lrs=[0.1])
+    lr_schedulers.add_phase(1)
+    assert lr_schedulers.phase == 1
+
+
+def test_untested_scheduler_runs_with_a_warning(caplog):
+    parts, optimizers = _optimizers()
+    with caplog.at_level(logging.WARNING, logger="titan_phases.components.lr_scheduler"):
+        lr_schedulers = PhasedLRSchedulersContainer(optimizers, "PolynomialLR", {"total_iters": 4})
+    assert "untested" in caplog.text
+    for step in range(2):
+        _advance(optimizers, lr_schedulers, step)
+    _enter_phase1(parts, optimizers, lr_schedulers)
+    # PolynomialLR has a closed form: the new group follows it ((1 - 2/4) ** 1 after 2 steps).
+    assert _lrs(optimizers) == pytest.approx([PHASE0_LR * 0.5, PHASE1_LR * 0.5], rel=1e-12)

@@ -1,0 +1,701 @@
+"""Phase-aware optimizers for gradual unfreezing, reshardable through DCP.
+
+:class:`PhasedOptimizersContainer` is a torchtitan ``OptimizersContainer`` (one optimizer per
+model part) whose param groups follow the phases of a thawing schedule: at phase ``k`` every
+inner optimizer has ``k + 1`` groups and group ``i`` holds the params thawed in phase ``i``.
+:func:`build_phased_optimizers` has torchtitan's ``build_optimizers`` signature, so it drops into
+a ``TrainSpec`` as ``build_optimizers_fn``.
+
+At a transition the trainer thaws the phase's params and calls
+:meth:`PhasedOptimizersContainer.add_phase`; on resume it rebuilds the same structure with the
+same calls (no training steps are replayed) and then loads the checkpoint. See the class
+docstring for the exact sequences.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.nn as nn
+from torch.distributed.checkpoint.api import CheckpointException
+
+# DCP's own parameter-name canonicalisation (strips activation-checkpoint and torch.compile
+# wrapper prefixes); using it keeps our per-parameter keys identical to DCP's optimizer keys.
+from torch.distributed.checkpoint.state_dict import _get_fqns
+from torch.distributed.checkpoint.state_dict import (
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+    StateDictOptions,
+)
+from torch.distributed.tensor import DTensor
+from torch.optim import Optimizer
+
+from torchtitan.components.ft import FTManager
+from torchtitan.components.optimizer import OptimizersContainer
+from torchtitan.config import Optimizer as OptimizerConfig
+from torchtitan.distributed import ParallelDims
+
+from titan_phases.components.fsdp_thaw import refresh_fsdp_mixed_precision
+from titan_phases.schedule.classes import import_class
+
+__all__ = [
+    "PHASE_KEY",
+    "PhaseMismatchError",
+    "PhasedOptimizersContainer",
+    "build_phased_optimizers",
+    "check_format_version",
+    "class_path_of",
+    "decode_state",
+    "encode_state",
+    "import_class_path",
+    "optimizer_from_config",
+    "read_checkpoint_phase",
+]
+
+logger = logging.getLogger(__name__)
+
+PHASE_KEY = "phase"
+"""Param-group key naming the phase whose params the group holds (group ``i`` has phase ``i``)."""
+
+METADATA_KEY = "titan_phases.meta"
+"""State-dict key of the container's own metadata, a JSON string (see :func:`encode_state`)."""
+
+PLACEHOLDER_KEY_PREFIX = "titan_phases.placeholder."
+"""Prefix of the per-parameter flags (``prefix + FQN``) marking placeholder optimizer state."""
+
+FORMAT_VERSION = 1
+
+_FLAT_OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+class PhaseMismatchError(ValueError):
+    """Saved optimizer / lr-scheduler state does not fit the live phase structure."""
+
+
+def class_path_of(cls: type) -> str:
+    """The dotted path under which ``cls`` is importable, e.g. ``torch.optim.adamw.AdamW``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def import_class_path(
+    path: str, base: type | tuple[type, ...], default_module: str, kind: str
+) -> type:
+    """Import the ``base`` subclass at dotted ``path`` (a bare name: from ``default_module``).
+
+    Uses the schedule validator's importer, so what validates is what runs. Raises ImportError
+    or TypeError.
+    """
+    return import_class(path if "." in path else f"{default_module}.{path}", base, kind)
+
+
+# --- metadata codec -------------------------------------------------------------------------
+# Metadata is stored as one JSON string per key, so DCP saves it as a single opaque value: its
+# key set never depends on the optimizer class or the scheduler, every rank writes the same
+# bytes (DCP keeps one copy), and floats round-trip exactly. JSON has no tuples, non-string
+# keys or Counters (betas, MultiStepLR milestones), hence the small tagged encoding.
+
+
+def _to_jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, tuple):
+        return {"__tuple__": [_to_jsonable(v) for v in value]}
+    if isinstance(value, list):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, Counter):
+        return {"__counter__": [[_to_jsonable(k), n] for k, n in value.items()]}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _to_jsonable(v) for k, v in value.items()}
+        return {"__items__": [[_to_jsonable(k), _to_jsonable(v)] for k, v in value.items()]}
+    raise TypeError(
+        f"cannot store a {type(value).__name__} in titan_phases metadata: only plain values "
+        "(numbers, strings, bools, None, lists, tuples, dicts) are supported; give callables "
+        "such as lr lambdas as dotted paths"
+    )
+
+
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tuple__" in value:
+        return tuple(_from_jsonable(v) for v in value["__tuple__"])
+    if "__counter__" in value:
+        return Counter({_from_jsonable(k): n for k, n in value["__counter__"]})
+    if "__items__" in value:
+        return {_from_jsonable(k): _from_jsonable(v) for k, v in value["__items__"]}
+    return {k: _from_jsonable(v) for k, v in value.items()}
+
+
+def encode_state(value: Any) -> str:
+    """Encode plain Python state (numbers, strings, lists, tuples, dicts, Counters) as JSON."""
+    return json.dumps(_to_jsonable(value))
+
+
+def decode_state(text: str) -> Any:
+    """Inverse of :func:`encode_state`."""
+    return _from_jsonable(json.loads(text))
+
+
+# --- builder --------------------------------------------------------------------------------
+
+
+def optimizer_from_config(config: OptimizerConfig) -> tuple[type[Optimizer], dict[str, Any]]:
+    """Optimizer class and constructor kwargs for torchtitan's ``[optimizer]`` section.
+
+    ``name`` is ``Adam``/``AdamW`` as in torchtitan, any other ``torch.optim`` class name, or a
+    dotted class path. The section's fields are passed where the class accepts them (for Adam
+    and AdamW exactly the kwargs torchtitan's ``build_optimizers`` passes); fields the class
+    has no argument for (e.g. ``beta1`` for SGD) are ignored with an INFO message.
+    """
+    optimizer_cls = import_class_path(config.name, Optimizer, "torch.optim", "an optimizer")
+    accepted = inspect.signature(optimizer_cls.__init__).parameters
+    fields = {
+        "lr": ("lr", config.lr),
+        "betas": ("beta1, beta2", (config.beta1, config.beta2)),
+        "eps": ("eps", config.eps),
+        "weight_decay": ("weight_decay", config.weight_decay),
+    }
+    kwargs = {arg: value for arg, (_, value) in fields.items() if arg in accepted}
+    ignored = [field for arg, (field, _) in fields.items() if arg not in accepted]
+    if ignored:
+        logger.info(
+            "optimizer.%s: not arguments of %s, ignored", ", ".join(ignored), optimizer_cls.__name__
+        )
+
+    implementation = config.implementation
+    if implementation == "for-loop":
+        kwargs.update({flag: False for flag in ("fused", "foreach") if flag in accepted})
+    else:
+        if implementation not in accepted:
+            raise ValueError(
+                f"optimizer.implementation = '{implementation}', but {optimizer_cls.__name__} "
+                f"has no {implementation} implementation; set --optimizer.implementation to one "
+                f"of {[i for i in ('fused', 'foreach') if i in accepted] + ['for-loop']}"
+            )
+        other = "foreach" if implementation == "fused" else "fused"
+        kwargs[implementation] = True
+        if other in accepted:
+            kwargs[other] = False
+    return optimizer_cls, kwargs
+
+
+def build_phased_optimizers(
+    model_parts: list[nn.Module],
+    optimizer_config: OptimizerConfig,
+    parallel_dims: ParallelDims,
+    ft_manager: FTManager | None = None,
+) -> PhasedOptimizersContainer:
+    """Build the phase-0 :class:`PhasedOptimizersContainer` (torchtitan's builder signature).
+
+    Only params with ``requires_grad=True`` at this point are optimized: the trainer freezes the
+    model to phase 0 before building. ``parallel_dims`` is accepted for ``TrainSpec``
+    compatibility; nothing in it changes how phases are optimized.
+
+    **Limitations**
+    ``optimizer.early_step_in_backward`` (one optimizer per parameter) and TorchFT have no param
+    groups to add phases to and raise NotImplementedError.
+    """
+    del parallel_dims
+    if optimizer_config.early_step_in_backward:
+        raise NotImplementedError(
+            "optimizer.early_step_in_backward is not supported with phases: it keeps one "
+            "optimizer per parameter, with no param groups to add thawed params to"
+        )
+    if ft_manager is not None and ft_manager.enabled:
+        raise NotImplementedError("TorchFT is not supported with phases")
+    optimizer_cls, optimizer_kwargs = optimizer_from_config(optimizer_config)
+    return PhasedOptimizersContainer(model_parts, optimizer_cls, optimizer_kwargs)
+
+
+# --- container ------------------------------------------------------------------------------
+
+
+def _param_fqns(model: nn.Module) -> dict[torch.Tensor, str]:
+    fqns: dict[torch.Tensor, str] = {}
+    for name, param in model.named_parameters():
+        (fqn,) = _get_fqns(model, name)
+        fqns[param] = fqn
+    return fqns
+
+
+def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+def _is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _read_saved_metadata(checkpoint_id: str | os.PathLike, key: str) -> dict[str, Any]:
+    target = {key: {METADATA_KEY: ""}}
+    try:
+        with warnings.catch_warnings():
+            # no_dist (every rank reads the few bytes itself, no collective) makes DCP warn
+            # that it "assumes a single process".
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(target, checkpoint_id=checkpoint_id, no_dist=True)
+    except CheckpointException as exc:
+        raise ValueError(
+            f"checkpoint {checkpoint_id} has no titan_phases optimizer metadata under '{key}' "
+            f"(was it saved by a PhasedOptimizersContainer?): {exc}"
+        ) from None
+    return decode_state(target[key][METADATA_KEY])
+
+
+def check_format_version(saved: dict[str, Any], what: str) -> None:
+    """Refuse metadata written by a newer, incompatible titan_phases."""
+    if saved.get("format_version", 0) > FORMAT_VERSION:
+        raise PhaseMismatchError(
+            f"{what} state has format version {saved['format_version']}, newer than this "
+            f"titan_phases understands ({FORMAT_VERSION}); upgrade titan_phases to load it"
+        )
+
+
+def read_checkpoint_phase(checkpoint_id: str | os.PathLike, key: str = "optimizer") -> int:
+    """The phase a DCP checkpoint's optimizer was saved in, read without loading any tensors.
+
+    ``key`` is the checkpoint key of the optimizer state (torchtitan's CheckpointManager uses
+    ``"optimizer"``). Needs no process group.
+    """
+    return int(_read_saved_metadata(checkpoint_id, key)["phase"])
+
+
+class PhasedOptimizersContainer(OptimizersContainer):
+    """torchtitan ``OptimizersContainer`` whose param groups follow the thawing phases.
+
+    At phase ``k`` every inner optimizer (one per model part) has ``k + 1`` param groups; group
+    ``i`` holds the params thawed in phase ``i`` and carries ``group["phase"] == i``. A group is
+    kept even when its model part has no params of that phase, so all parts share one group
+    layout and one lr schedule. Optimizer state exists only for optimized (trainable) params.
+
+    Transition (after ``trainer`` thawed phase ``k``'s params, see :meth:`add_phase`)::
+
+        optimizers.add_phase(k, params_per_part, lr=phase_lr,
+                             optimizer=None | (class_path, init_args))
+        lr_schedulers.add_phase(k, lr_scheduler=None | (class_path, init_args),
+                                init_pg_lrs=..., use_current_optimizer_pg_lrs=...)
+
+    Resume: read the saved phase (:func:`read_checkpoint_phase`), freeze to phase 0, build with
+    the builders, then thaw and call both ``add_phase`` methods for phases 1..saved exactly as
+    during training, then load the checkpoint (``CheckpointManager.load``). Loading restores
+    state, every group's hyperparameters and the scheduler position; nothing is replayed.
+
+    ``state_dict`` / ``load_state_dict`` use DCP's flattened optimizer state (reshardable to any
+    number of ranks, like torchtitan's) plus this container's metadata: the phase, optimizer
+    class path and init args, and every group's hyperparameters (DCP alone would give a whole
+    group its first param's values and cannot restore an empty group). Loading state saved in
+    another phase or with another optimizer class raises :class:`PhaseMismatchError` naming
+    both. When the live optimizer is *further* along than the checkpoint, DCP itself fails first
+    (``CheckpointException``, a BaseException, "Missing key"), so call
+    :meth:`verify_checkpoint` before loading to get the clear error.
+
+    A transition leaves the new params without state until the next ``step``, which DCP cannot
+    save or load. ``state_dict`` therefore gives such params *placeholder* state (what the
+    optimizer's first step creates with zero gradients, built on scratch copies) and saves a
+    per-parameter flag; placeholders are dropped again before the next ``step``, so the first
+    step after a transition is exactly the optimizer's lazy first step, resumed or not.
+
+    Step pre/post hooks registered on the container survive :meth:`add_phase` (they live on the
+    container, not on the inner optimizers).
+
+    **Limitations**
+    Phases only add params (thawing); re-freezing optimized params is not supported. Groups of
+    the same phase share hyperparameters across model parts (as torchtitan assumes one
+    configuration for all parts). Optimizers whose ``step`` needs a closure (LBFGS) or sparse
+    gradients (SparseAdam) and tensor-valued hyperparameters are not supported. Keeping state
+    across a same-class reinit assumes the new init args keep the state layout (e.g. the same
+    ``amsgrad``). TorchFT and optimizer-in-backward are not supported.
+
+    Args:
+        model_parts (list[nn.Module]): Model parts to optimize (after parallelization).
+        optimizer_cls (type[Optimizer]): Phase-0 optimizer class.
+        optimizer_kwargs (dict[str, Any]): Its constructor kwargs (plain values).
+    """
+
+    optimizers: list[Optimizer]
+    model_parts: list[nn.Module]
+
+    def __init__(
+        self,
+        model_parts: list[nn.Module],
+        optimizer_cls: type[Optimizer],
+        optimizer_kwargs: dict[str, Any],
+    ) -> None:
+        encode_state(optimizer_kwargs)  # fail now, not at the first checkpoint
+        self.model_parts = model_parts
+        self.phase = 0
+        self.optimizer_cls = optimizer_cls
+        self.optimizer_kwargs = dict(optimizer_kwargs)
+        self._fqns = [_param_fqns(model) for model in model_parts]
+        # Params whose state is a placeholder (see class docstring); dropped before each step.
+        self._placeholder_params: set[torch.Tensor] = set()
+        self.optimizers = []
+        all_params: list[nn.Parameter] = []
+        for model in model_parts:
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.optimizers.append(
+                optimizer_cls([{"params": params, PHASE_KEY: 0}], **optimizer_kwargs)
+            )
+            all_params.extend(params)
+        if not all_params:
+            logger.warning(
+                "No trainable parameter in phase 0 on this rank: nothing to optimize yet"
+            )
+        self._validate_length(len(self.model_parts))
+        self._post_init(all_params, self.optimizer_kwargs)
+
+    def _post_init(self, all_params: list[nn.Parameter], optimizer_kwargs: dict[str, Any]) -> None:
+        # As in torchtitan, Optimizer.__init__ sets up the container's hooks. Passing a group
+        # dict lets a rank whose parts are all frozen in phase 0 (pipeline stages) build too.
+        Optimizer.__init__(self, [{"params": all_params}], optimizer_kwargs)
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        # Not super().step(): torch wraps the *class's* step with the hook runner, so calling a
+        # wrapped base-class step from here would run the container's hooks twice.
+        self._drop_placeholder_state()
+        for optimizer in self.optimizers:
+            optimizer.step(*args, **kwargs)
+
+    # --- transitions ----------------------------------------------------------------------
+
+    def add_phase(
+        self,
+        phase: int,
+        params_per_part: Sequence[Sequence[nn.Parameter]],
+        lr: float | None = None,
+        optimizer: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Add phase ``phase``'s thawed params as a new param group in every inner optimizer.
+
+        Call after thawing (``requires_grad_(True)``) and before the first step of the phase.
+        With FSDP2, collect the params while every FSDP module is resharded
+        (:func:`titan_phases.components.fsdp_thaw.reshard_fsdp_modules`), otherwise a root
+        left unsharded by a forward without backward yields unsharded tensors, which are
+        rejected here. This also refreshes FSDP2's mixed-precision dtypes for the newly
+        trainable params (:func:`~titan_phases.components.fsdp_thaw.refresh_fsdp_mixed_precision`).
+
+        Without ``optimizer`` the new group takes ``lr`` (as ``lr`` and ``initial_lr``) and the
+        other hyperparameters of the previous group; all existing state is kept. With
+        ``optimizer=(class_path, init_args)`` every inner optimizer is rebuilt as that class
+        (``torch.optim`` name or dotted path) with ``init_args``: existing groups keep their
+        params, current ``lr`` and ``initial_lr`` (the running lr schedule carries over), and
+        state is kept only if the class is unchanged. Call the lr schedulers' ``add_phase``
+        next; it sets the new group's lr for the current step of the schedule.
+
+        Args:
+            phase (int): The phase being entered; must be the current phase + 1.
+            params_per_part (Sequence[Sequence[nn.Parameter]]): The phase's params, one list per
+                model part (empty where a part has none).
+            lr (float | None): The phase's lr; ``None`` uses the active optimizer's ``lr``.
+            optimizer (tuple[str, dict[str, Any]] | None): Optional reinit as ``(class_path,
+                init_args)``; it stays active for later phases until the next reinit.
+        """
+        if phase != self.phase + 1:
+            raise ValueError(
+                f"cannot add phase {phase}: the optimizer is in phase {self.phase}, phases are "
+                f"added one at a time (next: {self.phase + 1})"
+            )
+        if len(params_per_part) != len(self.model_parts):
+            raise ValueError(
+                f"phase {phase}: got parameter lists for {len(params_per_part)} model parts, "
+                f"expected {len(self.model_parts)} (one list per part, empty where none)"
+            )
+        self._validate_new_params(phase, params_per_part)
+
+        if optimizer is None:
+            phase_lr = (
+                self._configured_lr(self.optimizer_cls, self.optimizer_kwargs)
+                if lr is None
+                else float(lr)
+            )
+            for opt, params in zip(self.optimizers, params_per_part):
+                group = _hyperparameters(opt.param_groups[-1])
+                group.update(params=list(params), lr=phase_lr, initial_lr=phase_lr)
+                group[PHASE_KEY] = phase
+                opt.add_param_group(group)
+        else:
+            class_path, init_args = optimizer
+            encode_state(init_args)
+            new_cls = import_class_path(class_path, Optimizer, "torch.optim", "an optimizer")
+            phase_lr = self._configured_lr(new_cls, init_args) if lr is None else float(lr)
+            self._rebuild(new_cls, dict(init_args), phase, params_per_part, phase_lr)
+
+        refresh_fsdp_mixed_precision(self.model_parts)
+        self.phase = phase
+        if _is_rank0():
+            logger.info(
+                "Optimizer phase %d: %d new params at lr %g (%s)",
+                phase,
+                sum(len(p) for p in params_per_part),
+                phase_lr,
+                "kept state" if optimizer is None else f"rebuilt as {self.optimizer_cls.__name__}",
+            )
+        for fqns, params in zip(self._fqns, params_per_part):
+            logger.debug("phase %d params: %s", phase, [fqns[p] for p in params])
+
+    def _rebuild(
+        self,
+        optimizer_cls: type[Optimizer],
+        optimizer_kwargs: dict[str, Any],
+        phase: int,
+        params_per_part: Sequence[Sequence[nn.Parameter]],
+        phase_lr: float,
+    ) -> None:
+        keep_state = optimizer_cls is self.optimizer_cls
+        rebuilt = []
+        for old, params in zip(self.optimizers, params_per_part):
+            groups = [
+                {
+                    "params": g["params"],
+                    "lr": g["lr"],
+                    "initial_lr": g.get("initial_lr", g["lr"]),
+                    PHASE_KEY: g[PHASE_KEY],
+                }
+                for g in old.param_groups
+            ]
+            groups.append(
+                {"params": list(params), "lr": phase_lr, "initial_lr": phase_lr, PHASE_KEY: phase}
+            )
+            new = optimizer_cls(groups, **optimizer_kwargs)
+            if keep_state:
+                # Moving state by parameter identity is bitwise equal to never rebuilding.
+                for param, state in old.state.items():
+                    new.state[param] = state
+            rebuilt.append(new)
+        # In place: whoever holds the list (iteration, lr schedulers) sees the new optimizers.
+        self.optimizers[:] = rebuilt
+        if not keep_state:
+            self._placeholder_params.clear()
+        self.optimizer_cls, self.optimizer_kwargs = optimizer_cls, optimizer_kwargs
+
+    def _validate_new_params(
+        self, phase: int, params_per_part: Sequence[Sequence[nn.Parameter]]
+    ) -> None:
+        problems = []
+        for part, (params, fqns, opt) in enumerate(
+            zip(params_per_part, self._fqns, self.optimizers)
+        ):
+            optimized = {p: g[PHASE_KEY] for g in opt.param_groups for p in g["params"]}
+            seen: set[torch.Tensor] = set()
+            for param in params:
+                if param not in fqns:
+                    problems.append(
+                        f"model part {part}: a {type(param).__name__} of shape "
+                        f"{tuple(param.shape)} is not a registered parameter of this part (with "
+                        "FSDP2, collect params only after reshard_fsdp_modules(model_parts))"
+                    )
+                elif not param.requires_grad:
+                    problems.append(f"{fqns[param]} is frozen (requires_grad=False): thaw it first")
+                elif param in optimized:
+                    problems.append(
+                        f"{fqns[param]} is already optimized (phase {optimized[param]})"
+                    )
+                elif param in seen:
+                    problems.append(f"{fqns[param]} is listed twice")
+                seen.add(param)
+        if problems:
+            raise ValueError(f"cannot add phase {phase}:\n  " + "\n  ".join(problems))
+
+    @staticmethod
+    def _configured_lr(optimizer_cls: type[Optimizer], optimizer_kwargs: dict[str, Any]) -> float:
+        if "lr" in optimizer_kwargs:
+            return float(optimizer_kwargs["lr"])
+        return float(inspect.signature(optimizer_cls.__init__).parameters["lr"].default)
+
+    # --- placeholder state ----------------------------------------------------------------
+
+    def _initial_states(
+        self, optimizer_cls: type[Optimizer], group: dict[str, Any], params: Sequence[torch.Tensor]
+    ) -> list[dict[str, Any]]:
+        """The state ``optimizer_cls`` creates for ``params`` on a first step with zero grads.
+
+        Runs on scratch zero tensors shaped like ``params`` (DTensors stay DTensors), so the
+        real params, their grads and the live optimizer are untouched.
+        """
+        scratch_params = []
+        for param in params:
+            scratch = torch.zeros_like(param.detach()).requires_grad_(True)
+            scratch.grad = torch.zeros_like(scratch)
+            scratch_params.append(scratch)
+        scratch_group = {**_hyperparameters(group), "params": scratch_params, "lr": 0.0}
+        scratch_optimizer = optimizer_cls([scratch_group], **self.optimizer_kwargs)
+        scratch_optimizer.step()
+        return [scratch_optimizer.state.get(s, {}) for s in scratch_params]
+
+    def _creates_state(self, optimizer_cls: type[Optimizer], group: dict[str, Any]) -> bool:
+        # A one-element probe tells stateless configurations (e.g. SGD without momentum) apart
+        # without allocating scratch copies of all their params at every checkpoint.
+        param = group["params"][0]
+        local = param.to_local() if isinstance(param, DTensor) else param
+        probe = torch.zeros(1, dtype=local.dtype, device=local.device)
+        return bool(self._initial_states(optimizer_cls, group, [probe])[0])
+
+    def _create_placeholder_state(self) -> None:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                missing = [p for p in group["params"] if not opt.state.get(p)]
+                if not missing or not self._creates_state(type(opt), group):
+                    continue
+                for param, state in zip(missing, self._initial_states(type(opt), group, missing)):
+                    opt.state[param] = state
+                    self._placeholder_params.add(param)
+
+    def _drop_placeholder_state(self) -> None:
+        for opt in self.optimizers:
+            for param in self._placeholder_params:
+                opt.state.pop(param, None)
+        self._placeholder_params.clear()
+
+    # --- checkpointing --------------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "phase": self.phase,
+            "optimizer": {
+                "class_path": class_path_of(self.optimizer_cls),
+                "init_args": self.optimizer_kwargs,
+            },
+            "param_groups": [_hyperparameters(g) for g in self.optimizers[0].param_groups],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        self._create_placeholder_state()
+        state_dict: dict[str, Any] = {}
+        for model, opt in zip(self.model_parts, self.optimizers):
+            # DCP refuses an optimizer without params (a part still frozen, e.g. a pipeline
+            # stage before its phase); it has nothing to save.
+            if any(g["params"] for g in opt.param_groups):
+                state_dict.update(get_optimizer_state_dict(model, opt, options=_FLAT_OPTIM))
+        state_dict[METADATA_KEY] = encode_state(self._metadata())
+        for opt, fqns in zip(self.optimizers, self._fqns):
+            for group in opt.param_groups:
+                for param in group["params"]:
+                    state_dict[PLACEHOLDER_KEY_PREFIX + fqns[param]] = (
+                        param in self._placeholder_params
+                    )
+        return state_dict
+
+    def _check_saved(self, saved: dict[str, Any]) -> None:
+        check_format_version(saved, "optimizer")
+        saved_phase = saved["phase"]
+        saved_cls = saved["optimizer"]["class_path"]
+        live_cls = class_path_of(self.optimizer_cls)
+        if saved_phase != self.phase:
+            raise PhaseMismatchError(
+                f"optimizer state was saved in phase {saved_phase} ({saved_cls}) but the live "
+                f"optimizer is in phase {self.phase} ({live_cls}). Rebuild to phase {saved_phase} "
+                "before loading (freeze to phase 0, build, then add_phase for each phase up to "
+                f"{saved_phase}); read_checkpoint_phase() reads a checkpoint's phase"
+            )
+        if saved_cls != live_cls:
+            raise PhaseMismatchError(
+                f"optimizer state was saved in phase {saved_phase} with {saved_cls} but the live "
+                f"optimizer in phase {self.phase} is {live_cls}; the schedule's optimizer reinits "
+                "must be the same as when the checkpoint was saved"
+            )
+
+    def _check_param_phases(self, state_dict: dict[str, Any]) -> None:
+        problems = []
+        for opt, fqns in zip(self.optimizers, self._fqns):
+            for group in opt.param_groups:
+                for param in group["params"]:
+                    saved = state_dict.get(f"param_groups.{fqns[param]}.{PHASE_KEY}")
+                    if saved != group[PHASE_KEY]:
+                        problems.append(
+                            f"{fqns[param]}: saved in phase {saved}, live phase {group[PHASE_KEY]}"
+                        )
+        if problems:
+            raise PhaseMismatchError(
+                f"the phase {self.phase} checkpoint assigns parameters to other phases than the "
+                "live schedule (was the schedule changed?):\n  " + "\n  ".join(problems[:20])
+            )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if METADATA_KEY not in state_dict:
+            raise PhaseMismatchError(
+                f"optimizer state has no '{METADATA_KEY}': it was not saved by a "
+                f"PhasedOptimizersContainer (live phase {self.phase})"
+            )
+        saved = decode_state(state_dict[METADATA_KEY])
+        self._check_saved(saved)
+        self._check_param_phases(state_dict)
+        if saved["optimizer"]["init_args"] != self.optimizer_kwargs:
+            logger.warning(
+                "Optimizer init args differ from the checkpoint's (saved %s, live %s): the saved "
+                "per-group hyperparameters are restored",
+                saved["optimizer"]["init_args"],
+                self.optimizer_kwargs,
+            )
+        # DCP unflattens only the state keys each param already has; placeholders supply them.
+        self._create_placeholder_state()
+        for model, opt in zip(self.model_parts, self.optimizers):
+            # DCP's unflatten reads a group's hyperparameters from its first param, so it
+            # fails on empty groups: load without them, then put them back in place.
+            empty = [(i, g) for i, g in enumerate(opt.param_groups) if not g["params"]]
+            if len(empty) < len(opt.param_groups):
+                opt.param_groups = [g for g in opt.param_groups if g["params"]]
+                try:
+                    set_optimizer_state_dict(
+                        model, opt, optim_state_dict=state_dict, options=_FLAT_OPTIM
+                    )
+                finally:
+                    groups = list(opt.param_groups)
+                    for index, group in empty:
+                        groups.insert(index, group)
+                    opt.param_groups = groups
+            for group, hyperparameters in zip(opt.param_groups, saved["param_groups"], strict=True):
+                group.update(hyperparameters)
+        self._placeholder_params = {
+            param
+            for opt, fqns in zip(self.optimizers, self._fqns)
+            for group in opt.param_groups
+            for param in group["params"]
+            if state_dict[PLACEHOLDER_KEY_PREFIX + fqns[param]]
+        }
+
+    def verify_checkpoint(self, checkpoint_id: str | os.PathLike, key: str = "optimizer") -> None:
+        """Raise :class:`PhaseMismatchError` unless checkpoint ``checkpoint_id`` fits the optimizer.
+
+        Compares the saved phase, optimizer class and optimized parameters (those of this
+        rank's model parts) with the live ones, reading only metadata. Call before
+        ``CheckpointManager.load``: a checkpoint from an earlier phase (or one optimizing more
+        params) otherwise fails inside DCP with "Missing key" (``CheckpointException``), and one
+        optimizing fewer params would load with their state silently dropped.
+        """
+        saved = _read_saved_metadata(checkpoint_id, key)
+        self._check_saved(saved)
+        prefix, suffix = f"{key}.param_groups.", f".{PHASE_KEY}"
+        saved_fqns = {
+            name[len(prefix) : -len(suffix)]
+            for name in dcp.FileSystemReader(checkpoint_id).read_metadata().state_dict_metadata
+            if name.startswith(prefix) and name.endswith(suffix)
+        }
+        live_fqns = {
+            fqns[param]
+            for opt, fqns in zip(self.optimizers, self._fqns)
+            for group in opt.param_groups
+            for param in group["params"]
+        }
+        part_fqns = {fqn for fqns in self._fqns for fqn in fqns.values()}
+        missing = sorted(live_fqns - saved_fqns)
+        extra = sorted((saved_fqns & part_fqns) - live_fqns)
+        if missing or extra:
+            raise PhaseMismatchError(
+                f"checkpoint {checkpoint_id} (phase {saved['phase']}) optimizes other parameters "
+                f"than the live optimizer (phase {self.phase}; was the schedule changed?): "
+                f"not in the checkpoint: {missing[:20]}; only in the checkpoint: {extra[:20]}"
+            )
