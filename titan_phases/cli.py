@@ -126,7 +126,8 @@ def _generate(args: argparse.Namespace, rest: list[str]) -> int:
     header = (
         f"Phase schedule written by `titan-phases generate`, {resolved.schedule.source}\n"
         f"model {job_config.model.name} {job_config.model.flavor}, "
-        f"blocks_per_phase = {cfg.blocks_per_phase}, transition_mode = {cfg.transition_mode}, "
+        f"blocks_per_phase = {cfg.blocks_per_phase}, transition_mode = "
+        f"{cfg.effective_transition_mode(job_config.validation.enable)}, "
         f"training.steps = {job_config.training.steps}\n"
         f"Use it with [phases] schedule_file = \"<this file>\""
         + (" and without reinit_optimizer / reinit_lr_scheduler (they are written into the "

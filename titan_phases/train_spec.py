@@ -6,7 +6,9 @@
 * ``parallelize_fn`` is wrapped to freeze the parallelised model to phase 0 of the job's
   schedule, so torchtitan's Trainer builds the optimizer over phase 0's params only;
 * ``build_optimizers_fn`` / ``build_lr_schedulers_fn``: the phase-aware containers;
-* ``build_metrics_processor_fn``: metrics.jsonl, per-group lrs, trainable params.
+* ``build_metrics_processor_fn``: metrics.jsonl, per-group lrs, trainable params;
+* ``build_validator_fn`` is wrapped so every validation measures the same batches (plateau
+  detection compares them, exact resume needs them).
 
 Run such a spec with :class:`titan_phases.trainer.PhasedTrainer`. :func:`register_train_specs`
 registers ``<family>_phases`` for the model families below (importing ``titan_phases.train``
@@ -28,6 +30,7 @@ from titan_phases.components.lr_scheduler import build_phased_lr_schedulers
 from titan_phases.components.metrics import build_phase_metrics_processor
 from titan_phases.components.optimizer import build_phased_optimizers
 from titan_phases.components.thaw import limit_backward_all_gathers, set_trainable
+from titan_phases.components.validate import repeatable
 from titan_phases.data.datasets import register_datasets
 
 SPEC_SUFFIX = "_phases"
@@ -55,6 +58,9 @@ def phased(spec: TrainSpec) -> TrainSpec:
         build_optimizers_fn=build_phased_optimizers,
         build_lr_schedulers_fn=build_phased_lr_schedulers,
         build_metrics_processor_fn=build_phase_metrics_processor,
+        build_validator_fn=(
+            repeatable(spec.build_validator_fn) if spec.build_validator_fn is not None else None
+        ),
     )
 
 

@@ -117,6 +117,8 @@ class PhasedTrainer(Trainer):
             )
         for phase in range(1, target + 1):
             self._enter_phase(phase)
+        # DCP's own error for a live optimizer ahead of the checkpoint is opaque; this names both.
+        self.optimizers.verify_checkpoint(checkpoint_id)
 
     def _enter_phase(self, phase: int) -> ThawCount:
         """Thaw ``phase``'s params and extend optimizers and LR schedulers to it."""

@@ -79,7 +79,9 @@ def test_custom_config_module_added_when_missing(tmp_path):
 def test_defaults_without_a_job_file():
     job = parse_job_config(["--phases.blocks_per_phase", "2"])
     assert job.phases.blocks_per_phase == 2
-    assert job.phases.schedule == {} and job.phases.transition_mode == "step"
+    assert job.phases.schedule == {} and job.phases.transition_mode == "auto"
+    assert job.phases.effective_transition_mode(validation_enabled=False) == "step"
+    assert job.phases.effective_transition_mode(validation_enabled=True) == "both"
 
 
 def test_custom_module_without_phases_is_rejected(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,6 +36,33 @@ class JobResult:
 
     def losses(self) -> dict[int, float]:
         return {r["step"]: r["loss"] for r in self.records()}
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_job(proc: subprocess.Popen) -> None:
+    # torchrun starts each rank in a session of its own, so killing the launcher's process
+    # group would leave the ranks running: kill every descendant, like a lost node would.
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _complete_records(path: Path) -> list[dict]:
@@ -77,16 +105,15 @@ def run_job(
     dump.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
             if time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _kill_job(proc)
                 raise TimeoutError(f"job did not finish in {timeout}s; log: {log}")
             if kill_after_step is not None and _logged(dump, kill_after_step):
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _kill_job(proc)
                 break
             time.sleep(0.05)
     return JobResult(proc.returncode, log.read_text(), dump)

@@ -52,6 +52,10 @@ def test_kill_and_restart_reproduces_losses_bitwise(
     assert after_restart == {step: reference[step] for step in after_restart}
     reference_lrs = {r["step"]: r["lr"] for r in uninterrupted.records()}
     assert all(r["lr"] == reference_lrs[r["step"]] for r in resumed.records())
+    reference_validation = {r["step"]: r["loss"] for r in uninterrupted.records("validation")}
+    resumed_validation = {r["step"]: r["loss"] for r in resumed.records("validation")}
+    assert resumed_validation
+    assert resumed_validation == {s: reference_validation[s] for s in resumed_validation}
 
 
 def test_phase1_checkpoint_from_two_ranks_resumes_on_one(uninterrupted: JobResult, tmp_path: Path):

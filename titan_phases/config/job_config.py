@@ -91,13 +91,15 @@ class Phases:
     LinearLR, ReduceLROnPlateau). ChainedScheduler and SequentialLR are rejected regardless.
     """
 
-    transition_mode: Literal["step", "plateau", "both"] = "step"
+    transition_mode: Literal["auto", "step", "plateau", "both"] = "auto"
     """
     What ends a phase:
     - 'step': reaching the phase's ``max_transition_step`` (required on every phase but the last).
     - 'plateau': the validation loss not improving for ``patience`` validations; needs
       ``[validation] enable = true``; ``max_transition_step`` is not allowed.
     - 'both': whichever comes first; ``max_transition_step`` is optional.
+    - 'auto': 'both' when ``[validation] enable = true``, else 'step'.
+    A plateau in the final phase ends training (with a final full checkpoint).
     """
 
     patience: int = 3
@@ -114,6 +116,12 @@ class Phases:
     Before each transition, restore the checkpoint with the best validation loss of the phase.
     Needs ``[validation] enable = true`` and ``[checkpoint] enable = true``.
     """
+
+    def effective_transition_mode(self, validation_enabled: bool) -> str:
+        """``transition_mode`` with 'auto' resolved against ``[validation] enable``."""
+        if self.transition_mode == "auto":
+            return "both" if validation_enabled else "step"
+        return self.transition_mode
 
 
 @dataclass

@@ -15,8 +15,8 @@ What :func:`activate_if_no_accelerator` switches, and why:
   CPU the peak is measured once per process with an fp32 matmul probe.
 * FSDP2 gradient reduction: torchtitan's reduce-scatter uses PREMUL_SUM/AVG, which gloo
   rejects. Every FSDP module built by a TrainSpec's ``parallelize_fn`` is switched to plain sum
-  reduction; torchtitan already divides the loss by the global token count, so summed grads
-  equal the single-process gradient.
+  reduction. torchtitan sets FSDP's gradient divide factor to 1 and divides the loss by the
+  global token count itself, so the summed grads equal the single-process gradient.
 * Profiler: torchtitan passes ``[CPU, None]`` as activities when no GPU exists, which the
   profiler rejects; the ``None`` is dropped.
 

@@ -181,7 +181,8 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
     else:
         schedule = generate_schedule(
             list(numels), blocks_per_phase=cfg.blocks_per_phase, max_depth=max_depth,
-            transition_mode=cfg.transition_mode, training_steps=job_config.training.steps,
+            transition_mode=cfg.effective_transition_mode(job_config.validation.enable),
+            training_steps=job_config.training.steps,
             steps_per_phase=cfg.steps_per_phase, reinit_optimizer=settings.reinit_optimizer,
             reinit_lr_scheduler=settings.reinit_lr_scheduler, source=source, problems=problems,
         )
@@ -191,7 +192,8 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
     phase_params = match_phase_params(schedule, numels, problems)
     if explicit:
         if "transition_mode" not in settings.invalid:
-            check_transitions(schedule, n_running, cfg.transition_mode,
+            check_transitions(schedule, n_running,
+                              cfg.effective_transition_mode(job_config.validation.enable),
                               job_config.training.steps, problems)
         check_reinits(schedule, cfg, job_config, problems)
     else:

@@ -20,10 +20,11 @@ def _transition(resolved: ResolvedSchedule, k: int, job_config: JobConfig) -> st
     step = resolved.schedule.phases[k].max_transition_step
     if k == resolved.num_phases - 1:
         return f"end of training (step {job_config.training.steps})"
+    mode = cfg.effective_transition_mode(job_config.validation.enable)
     plateau = f"plateau (patience {cfg.patience})"
-    if cfg.transition_mode == "plateau" or step is None:
+    if mode == "plateau" or step is None:
         return plateau
-    return f"after step {step}" + (f" or {plateau}" if cfg.transition_mode == "both" else "")
+    return f"after step {step}" + (f" or {plateau}" if mode == "both" else "")
 
 
 def phase_rows(resolved: ResolvedSchedule, job_config: JobConfig) -> list[dict[str, Any]]:

@@ -91,8 +91,7 @@ def check_settings(
         problems.error(source, None, "training.steps",
                        f"must be >= 1, got {job_config.training.steps}")
 
-    plateau = cfg.transition_mode in ("plateau", "both")
-    if plateau and not job_config.validation.enable:
+    if cfg.transition_mode in ("plateau", "both") and not job_config.validation.enable:
         problems.error(
             source, None, "phases.transition_mode",
             f"{cfg.transition_mode!r} transitions watch the validation loss, but "
