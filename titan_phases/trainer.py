@@ -16,6 +16,16 @@ always holds "phase k after step S", and resuming from it repeats the same decis
 Resume order: read the saved phase from the checkpoint, check the schedule is compatible, thaw
 and rebuild optimizer and schedulers to that phase, and only then let torchtitan load the state.
 
+Validation (issue: plateau transitions). After each validation the loss (identical on every
+rank: torchtitan reduces it, and rank 0's value is broadcast) feeds a ``ReduceLROnPlateau``
+scheduler if one is active and the controller's plateau tracker. torchtitan saves a step's
+checkpoint *before* validating at that step, so a job resumed from such a checkpoint repeats
+that validation first: the decisions it feeds are then the same as in a run that never stopped.
+A plateau in the final phase ends training with a full checkpoint and says why, in the log and
+in metrics.jsonl. With ``restore_best`` each new best state of a phase is saved
+(:mod:`titan_phases.components.best_checkpoint`) and restored before the phase's transition:
+the model always, optimizer and LR scheduler state unless the next phase replaces them.
+
 **Limitations**
 Pipeline-parallel schedules are not rebuilt at a transition (torchtitan builds them once).
 Uses two private helpers of torchtitan 0.2.2's CheckpointManager (``_find_load_step``,
@@ -34,6 +44,9 @@ import torch.distributed.checkpoint as dcp
 from torchtitan.config import JobConfig
 from torchtitan.train import Trainer
 
+from titan_phases.components.best_checkpoint import BestCheckpoints
+from titan_phases.components.early_stopping import PlateauTracker
+from titan_phases.components.fsdp_thaw import reshard_fsdp_modules
 from titan_phases.components.phase_controller import (
     CHECKPOINT_KEY,
     PhaseController,
@@ -80,14 +93,22 @@ class PhasedTrainer(Trainer):
     def __init__(self, job_config: JobConfig) -> None:
         super().__init__(job_config)
         self.schedule = schedule_for(job_config)
-        phases = self.schedule.schedule.phases
+        phases_config = job_config.phases
+        mode = phases_config.effective_transition_mode(job_config.validation.enable)
         self.phase_controller = PhaseController(
-            [p.max_transition_step for p in phases], self.schedule.phase_params
+            [p.max_transition_step for p in self.schedule.schedule.phases],
+            self.schedule.phase_params,
+            PlateauTracker(phases_config.patience, phases_config.min_delta, phases_config.mode),
+            plateau_transitions=mode in ("plateau", "both"),
         )
         self.checkpointer.states[CHECKPOINT_KEY] = self.phase_controller
+        self.best_checkpoints = (
+            BestCheckpoints(job_config.job.dump_folder) if phases_config.restore_best else None
+        )
         self._resume_phase_structure()
         self._report_phase()
         self._first_step_of_process = True
+        self._first_continue_check = True
 
     def _checkpoint_to_load(self) -> str | None:
         checkpointer = self.checkpointer
@@ -148,11 +169,22 @@ class PhasedTrainer(Trainer):
         return trainable
 
     def _transition(self, transition: Transition) -> None:
+        if self.best_checkpoints is not None:
+            self._restore_best(transition)
         before = sum(
             p.numel() for m in self.model_parts for p in m.parameters() if p.requires_grad
         )
         trainable = self._enter_phase(transition.to_phase)
         self.phase_controller.commit(transition)
+        self.metrics_processor.log_event(
+            {
+                "type": "transition",
+                "step": transition.after_step,
+                "from_phase": transition.from_phase,
+                "to_phase": transition.to_phase,
+                "reason": transition.reason,
+            }
+        )
         thawed = len(self.schedule.phase_params[transition.to_phase])
         lrs = [f"{g['lr']:.3g}" for g in next(iter(self.optimizers)).param_groups]
         logger.info(
@@ -171,6 +203,100 @@ class PhasedTrainer(Trainer):
             ", ".join(lrs),
         )
         self._report_phase()
+
+    def _best_states(self, with_optimizer: bool, with_lr_scheduler: bool) -> dict[str, Any]:
+        # After a validation forward the root module is still unsharded, and the optimizer's
+        # state dict would look its params up among the unsharded tensors.
+        reshard_fsdp_modules(self.model_parts)
+        states: dict[str, Any] = {"model": self.checkpointer.states["model"]}
+        if with_optimizer:
+            states["optimizer"] = self.optimizers
+        if with_lr_scheduler:
+            states["lr_scheduler"] = self.lr_schedulers
+        return states
+
+    def _restore_best(self, transition: Transition) -> None:
+        plateau = self.phase_controller.plateau
+        if plateau.best_step is None:
+            logger.info(
+                "restore_best: phase %d had no validation; continuing from its last state",
+                transition.from_phase,
+            )
+            return
+        following = self.schedule.schedule.phases[transition.to_phase]
+        keep_optimizer = following.new_optimizer is None
+        keep_scheduler = following.new_lr_scheduler is None
+        path = self.best_checkpoints.path(transition.from_phase, plateau.best_step)
+        self.best_checkpoints.restore(path, self._best_states(keep_optimizer, keep_scheduler))
+        skipped = [
+            f"{what} state (phase {transition.to_phase} builds a new one)"
+            for what, kept in (("optimizer", keep_optimizer), ("lr scheduler", keep_scheduler))
+            if not kept
+        ]
+        logger.info(
+            "restore_best: restored phase %d's best state (validation loss %.6g after step %d) "
+            "from %s%s",
+            transition.from_phase,
+            plateau.best,
+            plateau.best_step,
+            path,
+            f"; not restored: {', '.join(skipped)}" if skipped else "",
+        )
+
+    def _observe_validation(self) -> None:
+        """Feed the validation just run after ``self.step`` (if any) to schedulers and controller."""
+        result = self.metrics_processor.last_validation
+        if result is None or result[0] != self.step:
+            return
+        self.metrics_processor.last_validation = None
+        value = torch.tensor([result[1]], dtype=torch.float64, device=self.device)
+        torch.distributed.broadcast(value, src=0)
+        loss = value.item()
+        self.lr_schedulers.step_on_metric(loss)
+        improved = self.phase_controller.observe_validation(self.step, loss)
+        if improved and self.best_checkpoints is not None:
+            self.best_checkpoints.save(
+                self.phase_controller.phase, self.step, self._best_states(True, True)
+            )
+
+    def _repeat_validation_after_resume(self) -> None:
+        validator = getattr(self, "validator", None)
+        if (
+            validator is None
+            or self.step == 0
+            or not validator.should_validate(self.step)
+            or self.phase_controller.last_validation_step == self.step
+        ):
+            return
+        logger.info("Repeating the validation of step %d, run after its checkpoint", self.step)
+        validator.validate(self.model_parts, self.step)
+
+    def _end_early(self) -> None:
+        reason = self.phase_controller.stop_reason
+        logger.info("Training stops after step %d: %s", self.step, reason)
+        self.metrics_processor.log_event({"type": "end", "step": self.step, "reason": reason})
+        checkpointer = self.checkpointer
+        if checkpointer.enable and not os.path.isdir(checkpointer._create_checkpoint_id(self.step)):
+            # A full checkpoint, whatever last_save_model_only says: the run may be resumed
+            # or restarted with a longer schedule.
+            model_only = checkpointer.last_save_model_only
+            checkpointer.last_save_model_only = False
+            try:
+                checkpointer.save(self.step, last_step=True)
+            finally:
+                checkpointer.last_save_model_only = model_only
+
+    def should_continue_training(self) -> bool:
+        if self._first_continue_check:
+            # The checkpoint (if any) was loaded just before the first check.
+            self._first_continue_check = False
+            self._repeat_validation_after_resume()
+        if self.job_config.validation.enable:
+            self._observe_validation()
+        if self.phase_controller.stop_reason is not None:
+            self._end_early()
+            return False
+        return super().should_continue_training()
 
     def _report_phase(self) -> None:
         self.metrics_processor.add_step_metrics({"phase": self.phase_controller.phase})

@@ -21,7 +21,8 @@ The JSONL schema (keys absent when not measured)::
 Written by the metrics rank only (rank 0, or the loss-visible rank under pipeline parallelism),
 like torchtitan's TensorBoard logs. The file is append-only: a resumed run appends lines for
 steps it repeats, so readers should take the last line for a step (each run starts with a
-``{"type": "run_start", ...}`` line).
+``{"type": "run_start", ...}`` line). Phase transitions and an early end of training add
+``{"type": "transition", ...}`` and ``{"type": "end", "reason": ...}`` lines.
 """
 
 from __future__ import annotations
@@ -96,14 +97,14 @@ class JsonlLogger(BaseLogger):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
         self._file = open(path, "a", buffering=1)
-        self._write({"type": "run_start", "time": time.time(), "pid": os.getpid()})
+        self.write({"type": "run_start", "time": time.time(), "pid": os.getpid()})
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        self._write(to_jsonl_record(metrics, step))
+        self.write(to_jsonl_record(metrics, step))
 
     def close(self) -> None:
         self._file.close()
@@ -137,14 +138,15 @@ class PhaseMetricsProcessor(MetricsProcessor):
         self._extra_step_metrics: dict[str, Any] = {}
         self._hooked_optimizers: Any = None
         self._last_logged_step = 0
+        self.last_validation: tuple[int, float] | None = None
+        self._jsonl: JsonlLogger | None = None
         if torch.distributed.get_rank() == _get_metrics_rank(parallel_dims, job_config):
             container = self.logger
             if not isinstance(container, LoggerContainer):
                 container = LoggerContainer()
                 self.logger = container
-            container.add_logger(
-                JsonlLogger(os.path.join(job_config.job.dump_folder, METRICS_FILE))
-            )
+            self._jsonl = JsonlLogger(os.path.join(job_config.job.dump_folder, METRICS_FILE))
+            container.add_logger(self._jsonl)
 
     @property
     def optimizers(self) -> Any:
@@ -173,6 +175,17 @@ class PhaseMetricsProcessor(MetricsProcessor):
         gathered = [torch.zeros_like(local) for _ in range(torch.distributed.get_world_size())]
         torch.distributed.all_gather(gathered, local)
         return {f"{_STATE_BYTES_PREFIX}{rank}": int(t.item()) for rank, t in enumerate(gathered)}
+
+    def log_validation(
+        self, loss: float, step: int, extra_metrics: dict[str, Any] | None = None
+    ) -> None:
+        self.last_validation = (step, float(loss))
+        super().log_validation(loss, step, extra_metrics)
+
+    def log_event(self, record: dict[str, Any]) -> None:
+        """Write a non-metric record (a phase transition, the end of training) to metrics.jsonl."""
+        if self._jsonl is not None:
+            self._jsonl.write({**record, "time": time.time()})
 
     def start_at(self, step: int) -> None:
         """Tell the processor training (re)starts after ``step``, e.g. after a checkpoint load."""

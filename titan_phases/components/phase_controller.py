@@ -8,8 +8,13 @@ validated, :meth:`PhaseController.due` says whether step ``S + 1`` belongs to th
 Checkpoints therefore always hold a consistent "phase k after step S" state, and a job resumed
 from step ``S`` makes the same decision at the same point as one that never stopped.
 
-A phase ends after its ``max_transition_step`` (the last step it trains), or earlier when a
-transition is requested (e.g. by a validation plateau); the final phase runs to the end.
+A phase ends after its ``max_transition_step`` (the last step it trains), or earlier when its
+validation loss plateaus (with plateau transitions on, see
+:mod:`titan_phases.components.early_stopping`). The final phase runs to the end of training,
+unless it plateaus: then the controller asks to stop, with the reason.
+
+The controller also remembers the best validation loss of the current phase and the step it
+was measured at, which ``restore_best`` uses.
 
 **Limitations**
 Phases only advance, one at a time; there is no re-freezing.
@@ -25,8 +30,11 @@ from typing import Any
 
 from torch.distributed.checkpoint.stateful import Stateful
 
+from titan_phases.components.early_stopping import PlateauTracker
+
 CHECKPOINT_KEY = "phases"
 REASON_STEP = "max_transition_step"
+REASON_PLATEAU = "validation plateau"
 
 
 class ScheduleMismatchError(ValueError):
@@ -57,17 +65,27 @@ class PhaseController(Stateful):
         max_transition_steps: per phase, the last step it trains, or None for no step limit.
         phase_params: per phase, the canonical names of the parameters it thaws; used to
             refuse checkpoints written under a schedule with different phases.
+        plateau: tracks the validation loss of the current phase (best value and step).
+        plateau_transitions: whether a plateau ends the phase (or, in the final phase, training).
     """
 
     def __init__(
-        self, max_transition_steps: Sequence[int | None], phase_params: Sequence[Sequence[str]]
+        self,
+        max_transition_steps: Sequence[int | None],
+        phase_params: Sequence[Sequence[str]],
+        plateau: PlateauTracker | None = None,
+        plateau_transitions: bool = False,
     ) -> None:
         if len(max_transition_steps) != len(phase_params) or not phase_params:
             raise ValueError("one max_transition_step and one parameter list per phase")
         self.max_transition_steps = list(max_transition_steps)
         self.fingerprints = phase_fingerprints(phase_params)
+        self.plateau = plateau or PlateauTracker(patience=1, min_delta=0.0, mode="min")
+        self.plateau_transitions = plateau_transitions
         self.phase = 0
         self.history: list[Transition] = []
+        self.last_validation_step: int | None = None
+        self.stop_reason: str | None = None
         self._requested: str | None = None
 
     @property
@@ -81,6 +99,26 @@ class PhaseController(Stateful):
     def request_transition(self, reason: str) -> None:
         """Ask for a transition before the next step (e.g. a validation plateau)."""
         self._requested = reason
+
+    def observe_validation(self, step: int, value: float) -> bool:
+        """Record the validation loss measured after ``step``; True if it is the phase's best.
+
+        With plateau transitions on, a plateau requests the next phase, or in the final phase
+        sets :attr:`stop_reason`.
+        """
+        self.last_validation_step = step
+        improved = self.plateau.update(value, step)
+        if self.plateau_transitions and self.plateau.plateaued:
+            if self.is_final_phase:
+                self.stop_reason = (
+                    f"validation loss plateaued in the final phase {self.phase}: "
+                    f"{self.plateau.bad_validations} validations without improvement "
+                    f"(patience {self.plateau.patience}), best {self.plateau.best:.6g} "
+                    f"after step {self.plateau.best_step}"
+                )
+            else:
+                self.request_transition(REASON_PLATEAU)
+        return improved
 
     def due(self, completed_step: int) -> Transition | None:
         """The transition to carry out before step ``completed_step + 1``, if any."""
@@ -104,6 +142,7 @@ class PhaseController(Stateful):
         self.phase = transition.to_phase
         self.history.append(transition)
         self._requested = None
+        self.plateau.reset()
 
     def state_dict(self) -> dict[str, Any]:
         # Variable-length structures go in one JSON string: DCP loads only keys that the
@@ -115,6 +154,9 @@ class PhaseController(Stateful):
                     "fingerprints": self.fingerprints,
                     "history": [asdict(t) for t in self.history],
                     "requested": self._requested,
+                    "plateau": self.plateau.state(),
+                    "last_validation_step": self.last_validation_step,
+                    "stop_reason": self.stop_reason,
                 }
             ),
         }
@@ -126,6 +168,9 @@ class PhaseController(Stateful):
         self.phase = phase
         self.history = [Transition(**t) for t in saved["history"]]
         self._requested = saved["requested"]
+        self.plateau.restore(saved["plateau"])
+        self.last_validation_step = saved["last_validation_step"]
+        self.stop_reason = saved["stop_reason"]
 
 
 def check_compatible(saved: Sequence[str], saved_phase: int, current: Sequence[str]) -> None:
