@@ -1,4 +1,4 @@
-"""Fine-tuning starts from HF safetensors through torchtitan's real initial-load path."""
+"""A phased fine-tune starts from HF safetensors through torchtitan's real initial-load path."""
 
 from __future__ import annotations
 
@@ -24,13 +24,14 @@ def _load_in_trainer(rank: int, world_size: int, hf_dir: str, tokenizer_dir: str
 
     activate_if_no_accelerator()
     from torchtitan.config import ConfigManager
-    from torchtitan.train import Trainer
 
     from titan_phases.train_spec import register_train_specs
+    from titan_phases.trainer import PhasedTrainer
 
     register_train_specs()
     job_config = ConfigManager().parse_args(
         [
+            "--job.custom_config_module", "titan_phases.config.job_config",
             "--model.name", "llama3_phases",
             "--model.hf_assets_path", tokenizer_dir,
             "--training.dataset", "titan_recipes",
@@ -42,7 +43,7 @@ def _load_in_trainer(rank: int, world_size: int, hf_dir: str, tokenizer_dir: str
             "--checkpoint.initial_load_in_hf",
         ]
     )
-    trainer = Trainer(job_config)
+    trainer = PhasedTrainer(job_config)
     try:
         assert trainer.checkpointer.load(step=-1)
         return {
