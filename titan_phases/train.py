@@ -22,6 +22,7 @@ from torchtitan.protocols.train_spec import get_train_spec  # noqa: E402
 from torchtitan.tools.logging import init_logger  # noqa: E402
 
 from titan_phases.components.phase_controller import ScheduleMismatchError  # noqa: E402
+from titan_phases.config.parsing import with_phases_section  # noqa: E402
 from titan_phases.data.assets import ensure_assets  # noqa: E402
 from titan_phases.schedule import ScheduleError  # noqa: E402
 from titan_phases.train_spec import is_phased, register_train_specs  # noqa: E402
@@ -34,10 +35,17 @@ def main() -> None:
     init_logger()
     ensure_assets()
     register_train_specs()
-    job_config = ConfigManager().parse_args(sys.argv[1:])
-    if job_config.experimental.custom_import:
-        importlib.import_module(job_config.experimental.custom_import)
-    if not is_phased(get_train_spec(job_config.model.name)):
+    try:
+        # torchtitan's main parses sys.argv again: give it the same arguments.
+        sys.argv[1:] = with_phases_section(sys.argv[1:])
+        job_config = ConfigManager().parse_args(sys.argv[1:])
+        if job_config.experimental.custom_import:
+            importlib.import_module(job_config.experimental.custom_import)
+        spec = get_train_spec(job_config.model.name)
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"titan_phases: invalid job config, nothing was run: {exc}", file=sys.stderr)
+        sys.exit(EXIT_INVALID_INPUT)
+    if not is_phased(spec):
         torchtitan.train.main(torchtitan.train.Trainer)
         return
     try:
