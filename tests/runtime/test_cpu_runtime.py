@@ -7,7 +7,8 @@ from titan_phases.runtime import cpu
 
 
 def test_activation_switches_every_torchtitan_copy_of_the_device():
-    import torchtitan.components.metrics  # noqa: F401  (copies device_type at import)
+    # Both copy device_type at import time.
+    import torchtitan.components.metrics  # noqa: F401
     import torchtitan.distributed.utils  # noqa: F401
 
     assert cpu.activate_if_no_accelerator()

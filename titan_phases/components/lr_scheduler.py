@@ -33,9 +33,8 @@ from torchtitan.components.lr_scheduler import LRSchedulersContainer
 from torchtitan.config import LRScheduler as LRSchedulerConfig
 
 from titan_phases.components.optimizer import (
-    check_format_version,
     class_path_of,
-    decode_state,
+    decode_metadata,
     encode_state,
     FORMAT_VERSION,
     import_class_path,
@@ -410,13 +409,7 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if METADATA_KEY not in state_dict:
-            raise PhaseMismatchError(
-                f"lr scheduler state has no '{METADATA_KEY}': it was not saved by a "
-                f"PhasedLRSchedulersContainer (live phase {self.phase})"
-            )
-        saved = decode_state(state_dict[METADATA_KEY])
-        check_format_version(saved, "lr scheduler")
+        saved = decode_metadata(state_dict, "lr scheduler", type(self).__name__, self.phase)
         saved_cls = saved["lr_scheduler"]["class_path"]
         live_cls = class_path_of(self.scheduler_cls)
         if saved["phase"] != self.phase or saved_cls != live_cls:

@@ -55,6 +55,7 @@ __all__ = [
     "build_phased_optimizers",
     "check_format_version",
     "class_path_of",
+    "decode_metadata",
     "decode_state",
     "encode_state",
     "import_class_path",
@@ -252,7 +253,9 @@ def _read_saved_metadata(checkpoint_id: str | os.PathLike, key: str) -> dict[str
             f"checkpoint {checkpoint_id} has no titan_phases optimizer metadata under '{key}' "
             f"(was it saved by a PhasedOptimizersContainer?): {exc}"
         ) from None
-    return decode_state(target[key][METADATA_KEY])
+    saved = decode_state(target[key][METADATA_KEY])
+    check_format_version(saved, "optimizer")
+    return saved
 
 
 def check_format_version(saved: dict[str, Any], what: str) -> None:
@@ -262,6 +265,18 @@ def check_format_version(saved: dict[str, Any], what: str) -> None:
             f"{what} state has format version {saved['format_version']}, newer than this "
             f"titan_phases understands ({FORMAT_VERSION}); upgrade titan_phases to load it"
         )
+
+
+def decode_metadata(state_dict: dict[str, Any], what: str, container: str, live_phase: int) -> dict[str, Any]:
+    """The container metadata in ``state_dict``, checked to be ours and not from a newer format."""
+    if METADATA_KEY not in state_dict:
+        raise PhaseMismatchError(
+            f"{what} state has no '{METADATA_KEY}': it was not saved by a {container} "
+            f"(live phase {live_phase})"
+        )
+    saved = decode_state(state_dict[METADATA_KEY])
+    check_format_version(saved, what)
+    return saved
 
 
 def read_checkpoint_phase(checkpoint_id: str | os.PathLike, key: str = "optimizer") -> int:
@@ -590,7 +605,6 @@ class PhasedOptimizersContainer(OptimizersContainer):
         return state_dict
 
     def _check_saved(self, saved: dict[str, Any]) -> None:
-        check_format_version(saved, "optimizer")
         saved_phase = saved["phase"]
         saved_cls = saved["optimizer"]["class_path"]
         live_cls = class_path_of(self.optimizer_cls)
@@ -625,12 +639,7 @@ class PhasedOptimizersContainer(OptimizersContainer):
             )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if METADATA_KEY not in state_dict:
-            raise PhaseMismatchError(
-                f"optimizer state has no '{METADATA_KEY}': it was not saved by a "
-                f"PhasedOptimizersContainer (live phase {self.phase})"
-            )
-        saved = decode_state(state_dict[METADATA_KEY])
+        saved = decode_metadata(state_dict, "optimizer", type(self).__name__, self.phase)
         self._check_saved(saved)
         self._check_param_phases(state_dict)
         if saved["optimizer"]["init_args"] != self.optimizer_kwargs:

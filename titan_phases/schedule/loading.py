@@ -127,41 +127,44 @@ def _init_args(value: Any, source: str, phase: int | None, key: str,
     return copy.deepcopy(dict(value))
 
 
-def parse_optimizer_init(raw: Any, source: str, phase: int | None, prefix: str,
-                         problems: Problems) -> OptimizerInit | None:
-    """Parse ``{class_path, init_args}`` for a new optimizer; ``prefix`` names it in messages."""
+def _class_table(raw: Any, keys: Any, module: str, class_hint: str, source: str,
+                 phase: int | None, prefix: str,
+                 problems: Problems) -> tuple[str | None, dict[str, Any] | None] | None:
+    """Check a ``{class_path, init_args, ...}`` table; None when it is unusable altogether,
+    else ``(class_path, init_args)`` with None for a part that is invalid (already reported)."""
     if not isinstance(raw, Mapping):
         problems.error(source, phase, prefix, f"expected a table, got {raw!r}",
                        "give class_path and init_args")
         return None
-    _unknown_keys(raw, OPTIMIZER_KEYS, source, phase, f"{prefix}.", problems)
+    _unknown_keys(raw, keys, source, phase, f"{prefix}.", problems)
     if "class_path" not in raw:
-        problems.error(source, phase, f"{prefix}.class_path", "missing",
-                       'add class_path = "torch.optim.<Name>"')
+        problems.error(source, phase, f"{prefix}.class_path", "missing", class_hint)
         return None
-    class_path = _class_path(raw["class_path"], _OPTIMIZER_MODULE, source, phase,
-                             f"{prefix}.class_path", problems)
+    class_path = _class_path(raw["class_path"], module, source, phase, f"{prefix}.class_path",
+                             problems)
     init_args = _init_args(raw.get("init_args", {}), source, phase, f"{prefix}.init_args", problems)
-    if class_path is None or init_args is None:
+    return class_path, init_args
+
+
+def parse_optimizer_init(raw: Any, source: str, phase: int | None, prefix: str,
+                         problems: Problems) -> OptimizerInit | None:
+    """Parse ``{class_path, init_args}`` for a new optimizer; ``prefix`` names it in messages."""
+    parsed = _class_table(raw, OPTIMIZER_KEYS, _OPTIMIZER_MODULE,
+                          'add class_path = "torch.optim.<Name>"', source, phase, prefix, problems)
+    if parsed is None or None in parsed:
         return None
-    return OptimizerInit(class_path, init_args)
+    return OptimizerInit(*parsed)
 
 
 def parse_lr_scheduler_init(raw: Any, source: str, phase: int | None, prefix: str,
                             problems: Problems) -> LRSchedulerInit | None:
     """Parse ``{class_path, init_args, init_pg_lrs, use_current_optimizer_pg_lrs}``."""
-    if not isinstance(raw, Mapping):
-        problems.error(source, phase, prefix, f"expected a table, got {raw!r}",
-                       "give class_path and init_args")
+    parsed = _class_table(raw, LR_SCHEDULER_KEYS, _LR_SCHEDULER_MODULE,
+                          'add class_path = "torch.optim.lr_scheduler.<Name>"', source, phase,
+                          prefix, problems)
+    if parsed is None:
         return None
-    _unknown_keys(raw, LR_SCHEDULER_KEYS, source, phase, f"{prefix}.", problems)
-    if "class_path" not in raw:
-        problems.error(source, phase, f"{prefix}.class_path", "missing",
-                       'add class_path = "torch.optim.lr_scheduler.<Name>"')
-        return None
-    class_path = _class_path(raw["class_path"], _LR_SCHEDULER_MODULE, source, phase,
-                             f"{prefix}.class_path", problems)
-    init_args = _init_args(raw.get("init_args", {}), source, phase, f"{prefix}.init_args", problems)
+    class_path, init_args = parsed
 
     init_pg_lrs: tuple[float, ...] | None = None
     ok = True
