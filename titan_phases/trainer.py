@@ -102,6 +102,7 @@ class PhasedTrainer(Trainer):
             plateau_transitions=mode in ("plateau", "both"),
         )
         self.checkpointer.states[CHECKPOINT_KEY] = self.phase_controller
+        job_config.training.max_norm = self.schedule.max_norm_at(0)
         self.best_checkpoints = (
             BestCheckpoints(job_config.job.dump_folder) if phases_config.restore_best else None
         )
