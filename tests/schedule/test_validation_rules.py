@@ -147,11 +147,14 @@ def test_max_transition_step_not_increasing():
     assert "phase 0" in problem.message
 
 
-def test_max_transition_step_beyond_training():
+def test_max_transition_step_beyond_training_is_a_warning():
+    from titan_phases.schedule import load_and_validate
+
     schedule = two_phases()
     schedule["0"]["max_transition_step"] = 50
-    problem = find_problem(problems_of(make_job(schedule, steps=50)), 0, "max_transition_step")
-    assert "training.steps = 50" in problem.message
+    resolved = load_and_validate(make_job(schedule, steps=50))
+    problem = find_problem(list(resolved.warnings), 0, "max_transition_step")
+    assert "training.steps = 50" in problem.message and "will not run" in problem.message
 
 
 def test_max_transition_step_missing_in_step_mode():

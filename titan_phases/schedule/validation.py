@@ -208,10 +208,12 @@ def check_transitions(
                 f"effect; training continues to training.steps = {training_steps}",
             )
         elif step >= training_steps:
-            problems.error(
+            # A warning, not an error: shortening a run (--training.steps 20) is a normal thing
+            # to do with a schedule written for the full run.
+            problems.warn(
                 schedule.source, k, "max_transition_step",
                 f"{step} is not before the end of training (training.steps = {training_steps}), "
-                f"so phase {k + 1} would never run",
+                f"so phase {k + 1} and later phases will not run in this job",
                 "lower it, raise training.steps, or set phases.max_depth",
             )
         previous = (k, step)
