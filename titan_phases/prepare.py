@@ -16,10 +16,12 @@ from titan_phases.pretrained import pending_recipe
 def main(argv: list[str] | None = None) -> int:
     from torchtitan.config import ConfigManager
 
+    from titan_phases.config.parsing import with_phases_section
+
     args = sys.argv[1:] if argv is None else argv
     try:
-        job_config = ConfigManager().parse_args(args)
-    except (SystemExit, ValueError, TypeError) as exc:
+        job_config = ConfigManager().parse_args(with_phases_section(args))
+    except (OSError, ValueError, TypeError) as exc:
         print(f"titan_phases.prepare: invalid job config: {exc}", file=sys.stderr)
         return 2
     ensure_assets()
