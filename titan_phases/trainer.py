@@ -46,6 +46,7 @@ from torchtitan.train import Trainer
 
 from titan_phases.components.best_checkpoint import BestCheckpoints
 from titan_phases.components.early_stopping import PlateauTracker
+from titan_phases.components.flops import ideal_phase_ratio
 from titan_phases.components.fsdp_thaw import reshard_fsdp_modules
 from titan_phases.components.phase_controller import (
     CHECKPOINT_KEY,
@@ -92,6 +93,7 @@ class PhasedTrainer(Trainer):
 
     def __init__(self, job_config: JobConfig) -> None:
         super().__init__(job_config)
+        self._full_flops_per_token = self.metrics_processor.num_flops_per_token
         self.schedule = schedule_for(job_config)
         phases_config = job_config.phases
         mode = phases_config.effective_transition_mode(job_config.validation.enable)
@@ -300,7 +302,17 @@ class PhasedTrainer(Trainer):
         return super().should_continue_training()
 
     def _report_phase(self) -> None:
-        self.metrics_processor.add_step_metrics({"phase": self.phase_controller.phase})
+        processor = self.metrics_processor
+        processor.add_step_metrics({"phase": self.phase_controller.phase})
+        processor.phase_changed()
+        # torchtitan's FLOPs per token assume every parameter trains; MFU uses the phase's own.
+        processor.num_flops_per_token = round(
+            self._full_flops_per_token
+            * ideal_phase_ratio(
+                self.schedule.param_numels,
+                self.schedule.trainable_params(self.phase_controller.phase),
+            )
+        )
 
     def train_step(
         self, data_iterator: Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]

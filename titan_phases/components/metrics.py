@@ -139,6 +139,9 @@ class PhaseMetricsProcessor(MetricsProcessor):
         self._hooked_optimizers: Any = None
         self._last_logged_step = 0
         self.last_validation: tuple[int, float] | None = None
+        # Trainable params and optimizer state bytes change only when a phase starts (and its
+        # first optimizer step creates state); measured once per phase, not every step.
+        self._phase_metrics: dict[str, int] | None = None
         self._jsonl: JsonlLogger | None = None
         if torch.distributed.get_rank() == _get_metrics_rank(parallel_dims, job_config):
             container = self.logger
@@ -192,6 +195,13 @@ class PhaseMetricsProcessor(MetricsProcessor):
         self._last_logged_step = step
         self.time_last_log = time.perf_counter()
 
+    def phase_changed(self) -> None:
+        """The trainable set changed (a transition, a resume): measure it again at the next log.
+
+        Call on every rank: the next log then gathers state sizes from all ranks.
+        """
+        self._phase_metrics = None
+
     def add_step_metrics(self, metrics: dict[str, Any]) -> None:
         """Metrics to report with the next logged training step (e.g. the phase index)."""
         self._extra_step_metrics.update(metrics)
@@ -210,10 +220,11 @@ class PhaseMetricsProcessor(MetricsProcessor):
         metrics["step_time_s"] = (time.perf_counter() - self.time_last_log) / steps
         self._last_logged_step = step
         metrics.update({f"{_LR_PREFIX}{i}": lr for i, lr in enumerate(self._step_lrs)})
-        if self.model_parts is not None:
-            metrics["trainable_params"] = trainable_parameter_count(self.model_parts)
-        if self.optimizers is not None:
-            metrics.update(self._state_bytes_per_rank())
+        if self._phase_metrics is None and self.model_parts is not None:
+            self._phase_metrics = {"trainable_params": trainable_parameter_count(self.model_parts)}
+            if self.optimizers is not None:
+                self._phase_metrics.update(self._state_bytes_per_rank())
+        metrics.update(self._phase_metrics or {})
         metrics.update(self._extra_step_metrics)
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=metrics)
 

@@ -1,0 +1,161 @@
+"""Pure analysis of benchmark runs: per-phase step times, transition costs, expected state bytes.
+
+A run is a list of :class:`StepRecord` (one per training step, rank 0's view). Step times are
+torchtitan's own ``time_metrics/end_to_end(s)`` with ``log_freq = 1``: the wall time between
+the end of one step's logging and the next step's, the same code measuring stock and phased
+runs. The interval of step ``S + 1`` includes a transition after step ``S``.
+
+**Limitations**
+Medians over a handful of steps on a shared machine: the spreads the report prints are the
+honest error bars, there is no outlier rejection beyond skipping the first steps of a phase.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+ADAMW_STATE_BYTES_PER_ELEMENT = 8  # exp_avg + exp_avg_sq, fp32
+ADAMW_STEP_BYTES = 4  # torch's AdamW keeps a float32 ``step`` tensor per param (unsharded)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One training step of a run.
+
+    Attributes:
+        step: the step number.
+        time_s: torchtitan's end-to-end step time.
+        rss_gib: peak RSS of rank 0 during the step (torchtitan resets the peak every log).
+        phase: the phase the step trained in (0 for stock runs).
+        metrics_s: phased runs only: time titan_phases' metrics processor spends per step
+            before torchtitan's (end-to-end time minus titan_phases' own ``step_time_s``).
+        state_bytes: phased runs only: optimizer state bytes held by each rank.
+        trainable: phased runs only: trainable parameter count.
+    """
+
+    step: int
+    time_s: float
+    rss_gib: float
+    phase: int = 0
+    metrics_s: float | None = None
+    state_bytes: tuple[int, ...] = ()
+    trainable: int | None = None
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Median and range of values from repeated runs (or of steps in one run)."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Stat:
+        values = list(values)
+        if not values:
+            return cls(math.nan, math.nan, math.nan, 0)
+        return cls(statistics.median(values), min(values), max(values), len(values))
+
+
+@dataclass(frozen=True)
+class PhaseRun:
+    """One phase of one run.
+
+    Attributes:
+        steady_s: median step time over the phase's steps after the first ``skip``.
+        steady_steps: how many steps that median is over.
+        first_s, second_s: the phase's first two step times (the first holds a transition).
+        peak_rss_gib: the highest per-step peak RSS in the phase.
+        state_bytes: optimizer state bytes per rank on the phase's last step.
+        trainable: trainable parameter count on the phase's last step.
+        metrics_s: median per-step time of titan_phases' metrics processor (phased runs).
+    """
+
+    steady_s: float
+    steady_steps: int
+    first_s: float
+    second_s: float
+    peak_rss_gib: float
+    state_bytes: tuple[int, ...]
+    trainable: int | None
+    metrics_s: float | None
+
+
+@dataclass(frozen=True)
+class PhaseExpectation:
+    """One phase: the params it thaws, what is trainable in it (elements and tensors), its
+    ideal step ratio and the AdamW state bytes per rank."""
+
+    params: tuple[str, ...]
+    trainable: int
+    trainable_tensors: int
+    ideal_ratio: float
+    state_bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a phased job of one model should cost, derived from its config alone."""
+
+    total_params: int
+    n_layers: int
+    dim: int
+    phases: tuple[PhaseExpectation, ...]
+
+
+def by_phase(records: Sequence[StepRecord], skip: int) -> dict[int, PhaseRun]:
+    """Summarise each phase of a run, skipping its first ``skip`` steps for the steady time."""
+    phases: dict[int, list[StepRecord]] = {}
+    for record in sorted(records, key=lambda r: r.step):
+        phases.setdefault(record.phase, []).append(record)
+    summary = {}
+    for phase, steps in phases.items():
+        if len(steps) <= max(skip, 1):
+            raise ValueError(f"phase {phase} has {len(steps)} steps; need more than {skip}")
+        steady = steps[skip:]
+        metrics = [s.metrics_s for s in steady if s.metrics_s is not None]
+        summary[phase] = PhaseRun(
+            steady_s=statistics.median(s.time_s for s in steady),
+            steady_steps=len(steady),
+            first_s=steps[0].time_s,
+            second_s=steps[1].time_s,
+            peak_rss_gib=max(s.rss_gib for s in steps),
+            state_bytes=steps[-1].state_bytes,
+            trainable=steps[-1].trainable,
+            metrics_s=statistics.median(metrics) if metrics else None,
+        )
+    return summary
+
+
+def first_step_extra(phase: PhaseRun) -> float:
+    """Extra wall time of a phase's first step over its steady step: thaw, rebuild, lazy work."""
+    return phase.first_s - phase.steady_s
+
+
+def fsdp_local_rows(rows: int, world_size: int, rank: int) -> int:
+    """Rows of a dim-0 sharded tensor on ``rank``: FSDP2 splits like ``torch.chunk``."""
+    chunk = -(-rows // world_size)
+    return max(0, min(rows, (rank + 1) * chunk) - rank * chunk)
+
+
+def expected_adamw_state_bytes(
+    shapes: Mapping[str, Sequence[int]], trainable: Iterable[str], world_size: int
+) -> list[int]:
+    """AdamW state bytes each rank holds when ``trainable`` params are FSDP2-sharded on dim 0.
+
+    8 bytes per local element (``exp_avg``, ``exp_avg_sq``) plus a 4-byte ``step`` tensor per
+    param on every rank (torch keeps the step count as an unsharded scalar tensor).
+    """
+    per_rank = [0] * world_size
+    for name in trainable:
+        shape = shapes[name]
+        row = math.prod(shape[1:])
+        for rank in range(world_size):
+            local = fsdp_local_rows(shape[0], world_size, rank) * row
+            per_rank[rank] += ADAMW_STATE_BYTES_PER_ELEMENT * local + ADAMW_STEP_BYTES
+    return per_rank

@@ -1,0 +1,147 @@
+"""Run one benchmark job with torchrun and read back what it measured.
+
+Every job is ``python -m titan_phases.train`` (the CPU/gloo runtime; a model whose TrainSpec is
+not phased runs on torchtitan's stock Trainer), with the base config ``bench/configs/job.toml``
+and per-job overrides on the command line.
+
+Sources, per step (rank 0):
+
+* TensorBoard events, written by torchtitan's own ``MetricsProcessor`` in stock and phased jobs
+  alike: ``time_metrics/end_to_end(s)`` and ``memory/max_reserved(GiB)`` (peak RSS on CPU);
+* ``metrics.jsonl`` (phased jobs): ``phase``, ``step_time_s``, ``optimizer_state_bytes`` and
+  ``trainable_params``, as exact integers (TensorBoard stores float32).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.analysis import StepRecord
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_CONFIG = REPO / "bench" / "configs" / "job.toml"
+_TIME = "time_metrics/end_to_end(s)"
+_RSS = "memory/max_reserved(GiB)"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job to run: which model, how long, and (phased jobs) which schedule TOML."""
+
+    label: str
+    model: str
+    flavor: str
+    steps: int
+    schedule: str | None = None
+    custom_import: str | None = None
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    records: list[StepRecord]
+    log: str
+    wall_s: float
+
+
+def job_args(job: Job, dump: Path, tokenizer: Path) -> list[str]:
+    """torchtitan arguments of ``job`` (its schedule file is ``<dump>.schedule.toml``)."""
+    args = [
+        "--job.config_file", str(BASE_CONFIG), "--job.dump_folder", str(dump),
+        "--model.hf_assets_path", str(tokenizer), "--model.name", job.model,
+        "--model.flavor", job.flavor, "--training.steps", str(job.steps),
+    ]
+    if job.custom_import:
+        args += ["--experimental.custom_import", job.custom_import]
+    if job.schedule is not None:
+        args += ["--phases.schedule_file", str(schedule_path(dump))]
+    return args
+
+
+def command(job: Job, dump: Path, tokenizer: Path, nproc: int) -> list[str]:
+    """The torchrun command line of ``job``, printing rank 0's output only."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "--local-ranks-filter", "0",
+        "-m", "titan_phases.train", *job_args(job, dump, tokenizer),
+    ]
+
+
+def schedule_path(dump: Path) -> Path:
+    return dump.with_name(dump.name + ".schedule.toml")
+
+
+def write_schedule(job: Job, dump: Path) -> None:
+    """Write the schedule file ``job_args`` points to (phased jobs)."""
+    dump.parent.mkdir(parents=True, exist_ok=True)
+    if job.schedule is not None:
+        schedule_path(dump).write_text(job.schedule)
+
+
+def run(job: Job, dump: Path, tokenizer: Path, nproc: int = 2, timeout: float = 600) -> JobOutput:
+    """Run ``job`` into the empty folder ``dump``; raise with the log's tail if it fails."""
+    write_schedule(job, dump)
+    log_path = dump.with_name(dump.name + ".log")
+    # One thread per rank: the ranks share the machine's cores, as in the test suite.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(
+            command(job, dump, tokenizer, nproc), cwd=REPO, env=env, stdout=log,
+            stderr=subprocess.STDOUT, timeout=timeout, check=False,
+        )
+    wall = time.monotonic() - start
+    text = log_path.read_text()
+    if proc.returncode != 0:
+        tail = "\n".join(text.splitlines()[-30:])
+        raise RuntimeError(f"{job.label} failed (exit {proc.returncode}), log {log_path}:\n{tail}")
+    return JobOutput(read_records(dump), text, wall)
+
+
+def _tensorboard_scalars(dump: Path) -> dict[int, dict[str, float]]:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    files = sorted(dump.glob("tb/**/events.out.tfevents.*"))
+    if len(files) != 1:
+        raise RuntimeError(f"expected one TensorBoard event file under {dump}/tb, found {files}")
+    scalars: dict[int, dict[str, float]] = {}
+    for event in EventFileLoader(str(files[0])).Load():
+        for value in event.summary.value:
+            number = value.tensor.float_val[0] if value.HasField("tensor") else value.simple_value
+            scalars.setdefault(event.step, {})[value.tag] = float(number)
+    return scalars
+
+
+def _jsonl_steps(dump: Path) -> dict[int, dict]:
+    path = dump / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    records = (json.loads(line) for line in path.read_text().splitlines())
+    return {r["step"]: r for r in records if r["type"] == "train"}
+
+
+def read_records(dump: Path) -> list[StepRecord]:
+    """One :class:`StepRecord` per logged step of the job in ``dump``."""
+    jsonl = _jsonl_steps(dump)
+    records = []
+    for step, scalars in sorted(_tensorboard_scalars(dump).items()):
+        if _TIME not in scalars:
+            continue
+        phased = jsonl.get(step)
+        records.append(
+            StepRecord(
+                step=step,
+                time_s=scalars[_TIME],
+                rss_gib=scalars[_RSS],
+                phase=phased["phase"] if phased else 0,
+                metrics_s=scalars[_TIME] - phased["step_time_s"] if phased else None,
+                state_bytes=tuple(phased["optimizer_state_bytes"]) if phased else (),
+                trainable=phased["trainable_params"] if phased else None,
+            )
+        )
+    return records
