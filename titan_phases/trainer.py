@@ -27,7 +27,8 @@ in metrics.jsonl. With ``restore_best`` each new best state of a phase is saved
 the model always, optimizer and LR scheduler state unless the next phase replaces them.
 
 **Limitations**
-Pipeline-parallel schedules are not rebuilt at a transition (torchtitan builds them once).
+No pipeline parallelism: torchtitan builds pipeline schedules once and a transition cannot
+rebuild them (schedule validation rejects ``pipeline_parallel_degree > 1``).
 Uses two private helpers of torchtitan 0.2.2's CheckpointManager (``_find_load_step``,
 ``_create_checkpoint_id``) to find the checkpoint it will load.
 """

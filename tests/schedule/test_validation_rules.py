@@ -428,3 +428,10 @@ def test_validation_is_deterministic():
 
 def test_schedule_error_is_a_value_error():
     assert issubclass(ScheduleError, ValueError)
+
+
+def test_pipeline_parallelism_is_rejected():
+    job = make_job(two_phases())
+    job.parallelism.pipeline_parallel_degree = 2
+    problem = find_problem(problems_of(job), None, "parallelism.pipeline_parallel_degree")
+    assert "pipeline" in problem.message

@@ -91,6 +91,13 @@ def check_settings(
         problems.error(source, None, "training.steps",
                        f"must be >= 1, got {job_config.training.steps}")
 
+    if job_config.parallelism.pipeline_parallel_degree > 1:
+        # torchtitan builds pipeline schedules once; a transition could not rebuild them.
+        problems.error(source, None, "parallelism.pipeline_parallel_degree",
+                       f"phases do not support pipeline parallelism, got "
+                       f"{job_config.parallelism.pipeline_parallel_degree}",
+                       "use data/tensor parallelism (FSDP2, TP), or train without phases")
+
     if cfg.transition_mode in ("plateau", "both") and not job_config.validation.enable:
         problems.error(
             source, None, "phases.transition_mode",
