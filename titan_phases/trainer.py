@@ -175,9 +175,6 @@ class PhasedTrainer(Trainer):
     def _transition(self, transition: Transition) -> None:
         if self.best_checkpoints is not None:
             self._restore_best(transition)
-        before = sum(
-            p.numel() for m in self.model_parts for p in m.parameters() if p.requires_grad
-        )
         trainable = self._enter_phase(transition.to_phase)
         self.phase_controller.commit(transition)
         self.metrics_processor.log_event(
@@ -189,7 +186,8 @@ class PhasedTrainer(Trainer):
                 "reason": transition.reason,
             }
         )
-        thawed = len(self.schedule.phase_params[transition.to_phase])
+        numels = self.schedule.param_numels
+        thawed = self.schedule.phase_params[transition.to_phase]
         lrs = [f"{g['lr']:.3g}" for g in next(iter(self.optimizers)).param_groups]
         logger.info(
             "Phase %d -> %d after step %d (%s): thawed %d tensors, %s elements "
@@ -198,10 +196,10 @@ class PhasedTrainer(Trainer):
             transition.to_phase,
             transition.after_step,
             transition.reason,
-            thawed,
-            f"{trainable.elements - before:,}",
+            len(thawed),
+            f"{sum(numels[name] for name in thawed):,}",
             f"{trainable.elements:,}",
-            f"{sum(self.schedule.param_numels.values()):,}",
+            f"{sum(numels.values()):,}",
             self.optimizers.optimizer_cls.__name__,
             type(self.lr_schedulers.schedulers[0]).__name__,
             ", ".join(lrs),
