@@ -24,6 +24,7 @@ from torchtitan.tools.logging import init_logger  # noqa: E402
 from titan_phases.components.phase_controller import ScheduleMismatchError  # noqa: E402
 from titan_phases.config.parsing import with_phases_section  # noqa: E402
 from titan_phases.data.assets import ensure_assets  # noqa: E402
+from titan_phases.data.datasets import uses_embedded_assets  # noqa: E402
 from titan_phases.schedule import ScheduleError  # noqa: E402
 from titan_phases.train_spec import is_phased, register_train_specs  # noqa: E402
 from titan_phases.trainer import PhasedTrainer, schedule_for  # noqa: E402
@@ -33,7 +34,6 @@ EXIT_INVALID_INPUT = 2
 
 def main() -> None:
     init_logger()
-    ensure_assets()
     register_train_specs()
     try:
         # torchtitan's main parses sys.argv again: give it the same arguments.
@@ -45,6 +45,8 @@ def main() -> None:
     except (OSError, ValueError, ImportError) as exc:
         print(f"titan_phases: invalid job config, nothing was run: {exc}", file=sys.stderr)
         sys.exit(EXIT_INVALID_INPUT)
+    if uses_embedded_assets(job_config):
+        ensure_assets()
     if not is_phased(spec):
         torchtitan.train.main(torchtitan.train.Trainer)
         return

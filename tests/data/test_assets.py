@@ -62,3 +62,26 @@ def test_unknown_split_is_rejected():
 
     with pytest.raises(ValueError, match="unknown split"):
         recipes_corpus().split("test")
+
+
+def test_only_jobs_that_read_embedded_data_need_the_assets(embedded_assets: Path):
+    from torchtitan.config import ConfigManager
+
+    from titan_phases.data.datasets import uses_embedded_assets
+
+    def job(*args: str):
+        return ConfigManager().parse_args(["--model.hf_assets_path", "/elsewhere", *args])
+
+    assert not uses_embedded_assets(job("--training.dataset", "c4"))
+    assert uses_embedded_assets(job("--training.dataset", "Titan_Recipes"))
+    assert uses_embedded_assets(
+        job("--training.dataset", "c4", "--validation.enable",
+            "--validation.dataset", "titan_recipes_validation")
+    )
+    assert not uses_embedded_assets(
+        job("--training.dataset", "c4", "--validation.dataset", "titan_recipes_validation")
+    )
+    assert uses_embedded_assets(
+        job("--training.dataset", "c4", "--model.hf_assets_path",
+            str(tokenizer_dir(embedded_assets)))
+    )

@@ -11,13 +11,15 @@ map-style dataset, so torchtitan's sample-index checkpointing resumes them exact
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 from datasets import load_dataset
+from torchtitan.config import JobConfig
 from torchtitan.hf_datasets import DatasetConfig
 from torchtitan.hf_datasets.text_datasets import DATASETS
 
-from titan_phases.data.assets import cache_root, split_path
+from titan_phases.data.assets import cache_root, split_path, tokenizer_dir
 from titan_phases.data.corpora import CORPORA
 
 
@@ -29,18 +31,37 @@ def _text(sample: dict[str, Any]) -> str:
     return sample["text"]
 
 
+def _datasets() -> dict[str, tuple[str, str]]:
+    """Dataset name -> (corpus, split)."""
+    return {
+        f"titan_{corpus}{suffix}": (corpus, split)
+        for corpus in CORPORA
+        for split, suffix in (("train", ""), ("validation", "_validation"))
+    }
+
+
 def dataset_names() -> list[str]:
-    return [f"titan_{corpus}{suffix}" for corpus in CORPORA for suffix in ("", "_validation")]
+    return list(_datasets())
+
+
+def uses_embedded_assets(job_config: JobConfig) -> bool:
+    """Whether the job reads an embedded corpus or the embedded tokenizer."""
+    names = set(_datasets())
+    # torchtitan lowercases dataset names before looking them up.
+    return (
+        job_config.training.dataset.lower() in names
+        or (job_config.validation.enable and job_config.validation.dataset.lower() in names)
+        or Path(job_config.model.hf_assets_path).resolve() == tokenizer_dir(cache_root()).resolve()
+    )
 
 
 @functools.cache
 def register_datasets() -> None:
     """Add ``titan_<corpus>`` and ``titan_<corpus>_validation`` to torchtitan's dataset table."""
     root = cache_root()
-    for corpus in CORPORA:
-        for split, suffix in (("train", ""), ("validation", "_validation")):
-            DATASETS[f"titan_{corpus}{suffix}"] = DatasetConfig(
-                path=str(split_path(root, corpus, split)),
-                loader=_load_jsonl,
-                sample_processor=_text,
-            )
+    for name, (corpus, split) in _datasets().items():
+        DATASETS[name] = DatasetConfig(
+            path=str(split_path(root, corpus, split)),
+            loader=_load_jsonl,
+            sample_processor=_text,
+        )

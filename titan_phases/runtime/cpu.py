@@ -206,10 +206,6 @@ def _spec_with_gloo_reductions(get_train_spec: Callable) -> Callable:
 _active = False
 
 
-def is_active() -> bool:
-    return _active
-
-
 def activate_if_no_accelerator() -> bool:
     """Switch torchtitan to the CPU/gloo runtime unless an accelerator is present.
 
