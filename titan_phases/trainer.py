@@ -45,10 +45,12 @@ import torch.distributed.checkpoint as dcp
 from torchtitan.config import JobConfig
 from torchtitan.train import Trainer
 
+from titan_phases.agreement import agreed_report
 from titan_phases.components.best_checkpoint import BestCheckpoints
 from titan_phases.components.early_stopping import PlateauTracker
 from titan_phases.components.flops import ideal_phase_ratio
 from titan_phases.components.fsdp_thaw import reshard_fsdp_modules
+from titan_phases.components.optimizer import PhaseMismatchError
 from titan_phases.components.phase_controller import (
     CHECKPOINT_KEY,
     PhaseController,
@@ -87,6 +89,13 @@ def read_saved_phase_state(checkpoint_id: str) -> dict[str, Any] | None:
     state = {CHECKPOINT_KEY: {"phase": 0, "json": ""}}
     dcp.load(state, checkpoint_id=checkpoint_id, no_dist=True)
     return state[CHECKPOINT_KEY]
+
+
+def _refuse_resume_if_any_rank_objects(problem: str | None) -> None:
+    """Raise ScheduleMismatchError on every rank if any rank found ``problem`` with the resume."""
+    report = agreed_report(problem)
+    if report is not None:
+        raise ScheduleMismatchError(report)
 
 
 class PhasedTrainer(Trainer):
@@ -129,10 +138,12 @@ class PhasedTrainer(Trainer):
         saved = read_saved_phase_state(checkpoint_id) if checkpoint_id else None
         if saved is None:
             return
+        problem = None
         try:
             self.phase_controller.load_state_dict(saved)
         except ScheduleMismatchError as exc:
-            raise ScheduleMismatchError(f"{checkpoint_id}: {exc}") from None
+            problem = f"{checkpoint_id}: {exc}"
+        _refuse_resume_if_any_rank_objects(problem)
         target = self.phase_controller.phase
         if target > 0:
             logger.info(
@@ -143,7 +154,12 @@ class PhasedTrainer(Trainer):
         for phase in range(1, target + 1):
             self._enter_phase(phase)
         # DCP's own error for a live optimizer ahead of the checkpoint is opaque; this names both.
-        self.optimizers.verify_checkpoint(checkpoint_id)
+        problem = None
+        try:
+            self.optimizers.verify_checkpoint(checkpoint_id)
+        except PhaseMismatchError as exc:
+            problem = str(exc)
+        _refuse_resume_if_any_rank_objects(problem)
 
     def _enter_phase(self, phase: int) -> ThawCount:
         """Thaw ``phase``'s params and extend optimizers and LR schedulers to it."""

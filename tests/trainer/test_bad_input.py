@@ -12,10 +12,17 @@ from tests.trainer.jobs import run_job, TINY_JOB
 pytestmark = pytest.mark.usefixtures("embedded_assets")
 
 
+def _with_slow_rank1(job_toml: str) -> str:
+    """``job_toml`` whose rank 1 finishes its input check 3 s after rank 0 (rank1_skew.py)."""
+    slow = job_toml.replace('"tests.trainer.tiny_spec"', '"tests.trainer.rank1_skew"')
+    assert slow != job_toml
+    return slow
+
+
 def test_invalid_schedule_is_reported_by_every_rank_before_anything_runs(tmp_path: Path):
     job = tmp_path / "job.toml"
     job.write_text(
-        TINY_JOB.read_text()
+        _with_slow_rank1(TINY_JOB.read_text())
         .replace("params = ['layers\\.2\\..+']", "params = ['layer\\.2\\..+']")
         .replace("lr = 2e-3", "lr = -2e-3\nmax_tranistion_step = 3")
     )
@@ -40,3 +47,30 @@ def test_unknown_config_section_is_a_clear_error(tmp_path: Path):
     assert result.returncode != 0
     assert result.output.count("invalid job config, nothing was run") == 2
     assert "trainig" in result.output
+
+
+def test_unknown_command_line_flag_is_reported_by_every_rank(tmp_path: Path):
+    job = tmp_path / "job.toml"
+    job.write_text(_with_slow_rank1(TINY_JOB.read_text()))
+    result = run_job(tmp_path / "run", "--trainig.steps", "3", config=job)
+    assert result.returncode != 0
+    assert result.output.count("invalid command line, nothing was run") == 2
+    assert result.output.count("--training.steps") >= 2  # tyro's suggestion, on both ranks
+    assert "Training starts" not in result.output
+
+
+def test_ranks_that_find_different_problems_all_report_every_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Rank 0's input is fine and it would go on to train; rank 1 cannot import the model code.
+    monkeypatch.setenv("TITAN_PHASES_TEST_RANK1_IMPORT_ERROR", "1")
+    job = tmp_path / "job.toml"
+    job.write_text(_with_slow_rank1(TINY_JOB.read_text()))
+    result = run_job(tmp_path / "run", config=job)
+    assert result.returncode != 0
+    assert result.output.count("ranks found different problems") == 2
+    assert result.output.count("rank 0: no problem") == 2
+    assert result.output.count("rank 1: titan_phases: invalid job config") == 2
+    assert "rank 1 cannot import its model code" in result.output
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    assert "Training starts" not in result.output
