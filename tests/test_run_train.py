@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.trainer.jobs import model_tensors
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _model_tensors(checkpoint: Path, out: Path) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    dcp_to_torch_save(checkpoint, out)
-    state = torch.load(out, weights_only=False)
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and "." in k}
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +44,11 @@ def test_frozen_params_stay_bitwise_until_their_phase_thaws_them(default_job: Pa
     import tomllib
 
     config = tomllib.loads((REPO / "train_configs/debug_model.toml").read_text())
-    pretrained = _model_tensors(
+    pretrained = model_tensors(
         REPO / config["checkpoint"]["initial_load_path"], tmp_path / "pretrained.pt"
     )
     at = {
-        step: _model_tensors(default_job / "checkpoint" / f"step-{step}", tmp_path / f"{step}.pt")
+        step: model_tensors(default_job / "checkpoint" / f"step-{step}", tmp_path / f"{step}.pt")
         for step in (20, 40, 60)
     }
 

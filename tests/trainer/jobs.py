@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[2]
 TINY_JOB = REPO / "tests" / "trainer" / "tiny_job.toml"
 
@@ -117,6 +119,15 @@ def run_job(
                 break
             time.sleep(0.05)
     return JobResult(proc.returncode, log.read_text(), dump)
+
+
+def model_tensors(checkpoint: Path, scratch: Path) -> dict[str, torch.Tensor]:
+    """The model weights of DCP checkpoint ``checkpoint``, converted through file ``scratch``."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(checkpoint, scratch)
+    state = torch.load(scratch, weights_only=False)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and "." in k}
 
 
 def _logged(dump: Path, step: int) -> bool:
