@@ -41,12 +41,12 @@ import os
 from typing import Any, Iterator
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torchtitan.config import JobConfig
 from torchtitan.train import Trainer
 
 from titan_phases.agreement import agreed_report
 from titan_phases.components.best_checkpoint import BestCheckpoints
+from titan_phases.components.checkpoint_entries import entry_names, read_entries
 from titan_phases.components.early_stopping import PlateauTracker
 from titan_phases.components.flops import ideal_phase_ratio
 from titan_phases.components.fsdp_thaw import reshard_fsdp_modules
@@ -83,11 +83,10 @@ def schedule_for(job_config: JobConfig) -> ResolvedSchedule:
 
 def read_saved_phase_state(checkpoint_id: str) -> dict[str, Any] | None:
     """The PhaseController state stored in a DCP checkpoint, or None if it has none."""
-    metadata = dcp.FileSystemReader(checkpoint_id).read_metadata()
-    if f"{CHECKPOINT_KEY}.phase" not in metadata.state_dict_metadata:
+    if f"{CHECKPOINT_KEY}.phase" not in entry_names(checkpoint_id):
         return None
     state = {CHECKPOINT_KEY: {"phase": 0, "json": ""}}
-    dcp.load(state, checkpoint_id=checkpoint_id, no_dist=True)
+    read_entries(state, checkpoint_id)
     return state[CHECKPOINT_KEY]
 
 

@@ -18,14 +18,12 @@ import inspect
 import json
 import logging
 import os
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 from torch.distributed.checkpoint.api import CheckpointException
 
@@ -45,6 +43,7 @@ from torchtitan.components.optimizer import OptimizersContainer
 from torchtitan.config import Optimizer as OptimizerConfig
 from torchtitan.distributed import ParallelDims
 
+from titan_phases.components.checkpoint_entries import entry_names, read_entries
 from titan_phases.components.fsdp_thaw import refresh_fsdp_mixed_precision
 from titan_phases.schedule.classes import import_class
 
@@ -243,11 +242,7 @@ def _is_rank0() -> bool:
 def _read_saved_metadata(checkpoint_id: str | os.PathLike, key: str) -> dict[str, Any]:
     target = {key: {METADATA_KEY: ""}}
     try:
-        with warnings.catch_warnings():
-            # no_dist (every rank reads the few bytes itself, no collective) makes DCP warn
-            # that it "assumes a single process".
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load(target, checkpoint_id=checkpoint_id, no_dist=True)
+        read_entries(target, checkpoint_id)
     except CheckpointException as exc:
         raise ValueError(
             f"checkpoint {checkpoint_id} has no titan_phases optimizer metadata under '{key}' "
@@ -690,7 +685,7 @@ class PhasedOptimizersContainer(OptimizersContainer):
         prefix, suffix = f"{key}.param_groups.", f".{PHASE_KEY}"
         saved_fqns = {
             name[len(prefix) : -len(suffix)]
-            for name in dcp.FileSystemReader(checkpoint_id).read_metadata().state_dict_metadata
+            for name in entry_names(checkpoint_id)
             if name.startswith(prefix) and name.endswith(suffix)
         }
         live_fqns = {
