@@ -26,6 +26,7 @@ from torchtitan.components.checkpoint import ModelWrapper
 from torchtitan.config import LRScheduler as LRSchedulerConfig, Optimizer as OptimizerConfig
 
 from titan_phases.components.fsdp_thaw import reshard_fsdp_modules
+from titan_phases.components.thaw import named_parameters, parameters_named, set_trainable
 from titan_phases.components.lr_scheduler import (
     build_phased_lr_schedulers,
     linear_warmup_stable_decay,
@@ -251,13 +252,12 @@ def train_step(
 
 
 def thaw(parts: list[nn.Module], prefixes: Sequence[str]) -> list[list[nn.Parameter]]:
-    """Thaw as the trainer does: reshard, collect the sharded params, requires_grad_(True)."""
+    """Thaw the params under ``prefixes`` with the trainer's own functions; return them per part."""
     reshard_fsdp_modules(parts)
-    params_per_part = [params_with(part, prefixes) for part in parts]
-    for params in params_per_part:
-        for param in params:
-            param.requires_grad_(True)
-    return params_per_part
+    params = named_parameters(parts)
+    new = [name for name in params if name.startswith(tuple(prefixes))]
+    set_trainable(parts, [name for name, p in params.items() if p.requires_grad] + new)
+    return parameters_named(parts, new)
 
 
 def _compare_step(
