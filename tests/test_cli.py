@@ -123,6 +123,63 @@ def test_import_fts_then_validate_against_job(capsys, job, tmp_path):
     assert converted["1"]["max_transition_step"] == 300
 
 
+# An FTS schedule for a Hugging Face Llama held by a LightningModule as ``self.model``.
+FTS_HF = """
+0:
+  params: [model.lm_head.weight, model.model.norm.weight, 'model.model.layers.5.*']
+  max_transition_epoch: 1
+1:
+  params: ['model.model.layers.[34].(self_attn|mlp).*', 'model.model.layers.[34].*layernorm.*']
+  max_transition_epoch: 3
+  lr: 1.0e-5
+2:
+  params: ['model.model.layers.[0-2].*', model.model.embed_tokens.weight]
+  lr: 1.0e-6
+"""
+
+
+def test_import_fts_translates_hf_names_through_the_state_dict_adapter(capsys, job, tmp_path):
+    fts = tmp_path / "fts.yaml"
+    fts.write_text(FTS_HF)
+    out_file = tmp_path / "schedule.toml"
+    code, out, err = run(capsys, "import-fts", str(fts), "--out", str(out_file),
+                         "--steps-per-epoch", "100", "--strip-prefix", "--hf-names",
+                         "--job.config_file", job)
+    assert code == 0, err
+    assert "OK: 3 phase(s), explicit schedule" in out
+    converted = tomllib.loads(out_file.read_text())
+    assert converted["0"]["params"] == [
+        "layers.5.attention.wq.weight", "layers.5.attention.wk.weight",
+        "layers.5.attention.wv.weight", "layers.5.attention.wo.weight",
+        "layers.5.feed_forward.w1.weight", "layers.5.feed_forward.w2.weight",
+        "layers.5.feed_forward.w3.weight", "layers.5.attention_norm.weight",
+        "layers.5.ffn_norm.weight", "norm.weight", "output.weight",
+    ]
+    assert len(converted["1"]["params"]) == 18
+    assert converted["2"]["params"][0] == "tok_embeddings.weight"
+    assert len(converted["2"]["params"]) == 1 + 27
+
+
+def test_import_fts_hf_name_matching_nothing_names_phase_and_key(capsys, job, tmp_path):
+    fts = tmp_path / "fts.yaml"
+    fts.write_text(FTS_HF.replace("model.model.embed_tokens.weight", "model.model.embed.weight"))
+    out_file = tmp_path / "schedule.toml"
+    code, _, err = run(capsys, "import-fts", str(fts), "--out", str(out_file),
+                       "--steps-per-epoch", "100", "--strip-prefix", "--hf-names",
+                       "--job.config_file", job)
+    assert code == 2
+    assert "phase 2: params" in err and "'model.embed.weight' matches no HF parameter name" in err
+    assert not out_file.exists()
+
+
+def test_import_fts_hf_names_needs_the_job(capsys, tmp_path):
+    fts = tmp_path / "fts.yaml"
+    fts.write_text(FTS_HF)
+    code, _, err = run(capsys, "import-fts", str(fts), "--out", str(tmp_path / "s.toml"),
+                       "--steps-per-epoch", "100", "--hf-names")
+    assert code == 2 and "--hf-names needs the job's flags" in err
+
+
 def test_import_fts_needs_steps_per_epoch(capsys, tmp_path):
     fts = tmp_path / "fts.yaml"
     fts.write_text(FTS)

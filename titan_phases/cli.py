@@ -19,6 +19,7 @@ from titan_phases.config import parse_job_config
 from titan_phases.schedule import ScheduleError, load_and_validate
 from titan_phases.schedule.errors import Problem, Problems
 from titan_phases.schedule.fts_import import FTS_BASE_MAX_LR, convert_fts_schedule, load_fts_yaml
+from titan_phases.schedule.hf_names import job_hf_names, to_titan_names
 from titan_phases.schedule.resolve import ResolvedSchedule
 from titan_phases.schedule.table import phase_rows, render_table
 from titan_phases.schedule.toml_writer import dumps
@@ -143,6 +144,10 @@ def _generate(args: argparse.Namespace, rest: list[str]) -> int:
 def _import_fts(args: argparse.Namespace, rest: list[str]) -> int:
     if rest and args.out == "-":
         raise _InvalidInput("validating against a job needs --out FILE, not stdout")
+    if args.hf_names and not rest:
+        raise _InvalidInput("--hf-names needs the job's flags (--job.config_file ...) to know "
+                            "the model's parameter names")
+    job_config = _parse_job(rest) if rest else None
     problems = Problems()
     raw = load_fts_yaml(args.schedule, problems)
     problems.raise_if_any()
@@ -152,16 +157,20 @@ def _import_fts(args: argparse.Namespace, rest: list[str]) -> int:
         groups_per_phase=args.groups_per_phase,
     )
     problems.raise_if_any()
+    if args.hf_names:
+        hf_names = job_hf_names(job_config, source=args.schedule)
+        to_titan_names(converted.schedule, hf_names, args.schedule, problems)
+        problems.raise_if_any()
     for note in converted.notes:
         print(f"note: {note}", file=sys.stderr)
     header = (f"Converted by `titan-phases import-fts` from the FTS schedule {args.schedule}\n"
-              f"steps_per_epoch = {args.steps_per_epoch}, strip_prefix = {args.strip_prefix!r}\n"
+              f"steps_per_epoch = {args.steps_per_epoch}, strip_prefix = {args.strip_prefix!r}"
+              + (", HF names translated to torchtitan's" if args.hf_names else "") + "\n"
               + "".join(f"note: {n}\n" for n in converted.notes)
               + "Format: docs/schedule.md\n")
     _write(args.out, dumps(converted.schedule, header=header), args.force)
-    if not rest:
+    if job_config is None:
         return EXIT_OK
-    job_config = _parse_job(rest)
     job_config.phases.schedule_file = str(Path(args.out).resolve())
     job_config.phases.schedule = {}
     resolved = load_and_validate(job_config)
@@ -236,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "init_pg_lrs) and max_transition_epoch (to steps). Given torchtitan flags, the result "
         "is also validated against that job.",
         "[-h] FTS.yaml --out FILE [--steps-per-epoch N] [--strip-prefix [PREFIX]]\n"
-        "         [--base-max-lr LR] [--groups-per-phase {1,2}] [--force]\n"
+        "         [--base-max-lr LR] [--groups-per-phase {1,2}] [--hf-names] [--force]\n"
         "         [--job.config_file JOB.toml [torchtitan flags ...]]",
     )
     fts.add_argument("schedule", metavar="FTS.yaml", help="FTS schedule YAML")
@@ -253,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     fts.add_argument("--groups-per-phase", type=int, choices=(1, 2), default=None,
                      help="FTS param groups per phase in init_pg_lrs (2 with a no_decay split); "
                           "default: inferred from the list lengths")
+    fts.add_argument("--hf-names", action="store_true",
+                     help="the schedule names Hugging Face parameters (after --strip-prefix): "
+                          "translate them to torchtitan's through the job's state_dict_adapter "
+                          "(needs the job's flags)")
     fts.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     fts.set_defaults(run=_import_fts)
     return parser
