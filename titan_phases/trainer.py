@@ -49,7 +49,6 @@ from titan_phases.components.best_checkpoint import BestCheckpoints
 from titan_phases.components.checkpoint_entries import entry_names, read_entries
 from titan_phases.components.early_stopping import PlateauTracker
 from titan_phases.components.flops import ideal_phase_ratio
-from titan_phases.components.fsdp_thaw import reshard_fsdp_modules
 from titan_phases.components.optimizer import PhaseMismatchError
 from titan_phases.components.phase_controller import (
     CHECKPOINT_KEY,
@@ -60,6 +59,7 @@ from titan_phases.components.phase_controller import (
 from titan_phases.components.thaw import (
     limit_backward_all_gathers,
     parameters_named,
+    reshard_fsdp_modules,
     set_trainable,
     ThawCount,
 )

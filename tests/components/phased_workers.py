@@ -25,7 +25,7 @@ from torch.distributed.tensor import DTensor
 from torchtitan.components.checkpoint import ModelWrapper
 from torchtitan.config import LRScheduler as LRSchedulerConfig, Optimizer as OptimizerConfig
 
-from titan_phases.components.fsdp_thaw import reshard_fsdp_modules
+from titan_phases.components.thaw import reshard_fsdp_modules
 from titan_phases.components.thaw import named_parameters, parameters_named, set_trainable
 from titan_phases.components.lr_scheduler import (
     build_phased_lr_schedulers,

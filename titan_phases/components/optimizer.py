@@ -44,7 +44,7 @@ from torchtitan.config import Optimizer as OptimizerConfig
 from torchtitan.distributed import ParallelDims
 
 from titan_phases.components.checkpoint_entries import entry_names, read_entries
-from titan_phases.components.fsdp_thaw import refresh_fsdp_mixed_precision
+from titan_phases.components.thaw import refresh_fsdp_mixed_precision
 from titan_phases.schedule.classes import import_class
 
 __all__ = [
@@ -392,10 +392,10 @@ class PhasedOptimizersContainer(OptimizersContainer):
 
         Call after thawing (``requires_grad_(True)``) and before the first step of the phase.
         With FSDP2, collect the params while every FSDP module is resharded
-        (:func:`titan_phases.components.fsdp_thaw.reshard_fsdp_modules`), otherwise a root
+        (:func:`titan_phases.components.thaw.reshard_fsdp_modules`), otherwise a root
         left unsharded by a forward without backward yields unsharded tensors, which are
         rejected here. This also refreshes FSDP2's mixed-precision dtypes for the newly
-        trainable params (:func:`~titan_phases.components.fsdp_thaw.refresh_fsdp_mixed_precision`).
+        trainable params (:func:`~titan_phases.components.thaw.refresh_fsdp_mixed_precision`).
 
         Without ``optimizer`` the new group takes ``lr`` (as ``lr`` and ``initial_lr``) and the
         other hyperparameters of the previous group; all existing state is kept. With

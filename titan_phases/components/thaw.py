@@ -2,23 +2,36 @@
 
 Parameters are addressed by canonical name (wrapper segments such as ``_orig_mod.`` removed), so
 a schedule written against the plain model applies unchanged after ``torch.compile``,
-activation checkpointing and ``fully_shard``.
-
-Two FSDP2 behaviours shape this module:
+activation checkpointing and ``fully_shard``. Thawing is ``param.requires_grad_(True)`` on the
+sharded DTensor parameters; FSDP2 copies the flag to the unsharded parameter at the next
+all-gather. Three FSDP2 behaviours shape this module:
 
 * After a forward without backward (validation), the root module, and any module built with
   ``reshard_after_forward=False``, stay *unsharded*: ``parameters()`` then yields the unsharded
-  plain tensors, and toggling ``requires_grad`` on them is silently lost at the next all-gather.
-  :func:`set_trainable` reshards every FSDP module first. (bf16 mixed precision needs one more
-  fix after a thaw: see :mod:`titan_phases.components.fsdp_thaw`.)
+  plain tensors, and toggling ``requires_grad`` on them (or collecting them for an optimizer)
+  silently targets the wrong tensors. :func:`set_trainable` reshards every FSDP module first
+  (:func:`reshard_fsdp_modules`).
+* FSDP2 decides each param group's reduce dtype at lazy init from the params that are
+  trainable *then*. A module entirely frozen at that point gets none, so with
+  ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` its first backward after a thaw
+  fails ("attempting to assign a gradient with dtype BFloat16 to a tensor with grad_dtype
+  Float"). :func:`refresh_fsdp_mixed_precision` recomputes the dtypes;
+  ``PhasedOptimizersContainer.add_phase`` calls it.
 * Backward prefetch all-gathers the block below the current one, even when that block is
   frozen and backward never reaches it. :func:`limit_backward_all_gathers` prevents that.
+
+Sequence at a transition::
+
+    set_trainable(model_parts, names_trainable_from_now_on)
+    optimizers.add_phase(phase, parameters_named(model_parts, new_names), lr)
+    limit_backward_all_gathers(model_parts)
 
 **Limitations**
 ``limit_backward_all_gathers`` understands the usual transformer layout: FSDP-wrapped blocks in
 one ``layers`` container (``ModuleDict`` or ``ModuleList``) registered in forward order, with
 embeddings registered before it. Other layouts keep FSDP2's default behaviour.
-"""
+:func:`refresh_fsdp_mixed_precision` calls FSDP2's private ``_init_mp_dtypes`` (the same method
+its lazy init runs); it can go once FSDP2 re-derives the dtypes when ``requires_grad`` changes."""
 
 from __future__ import annotations
 
@@ -29,10 +42,36 @@ from dataclasses import dataclass
 import torch.nn as nn
 from torch.distributed.fsdp import FSDPModule
 
-from titan_phases.components.fsdp_thaw import reshard_fsdp_modules
 from titan_phases.schedule import canonical_param_name
 
 logger = logging.getLogger(__name__)
+
+
+def _fsdp_modules(model_parts: Iterable[nn.Module]) -> list[FSDPModule]:
+    return [m for part in model_parts for m in part.modules() if isinstance(m, FSDPModule)]
+
+
+def reshard_fsdp_modules(model_parts: Iterable[nn.Module]) -> None:
+    """Reshard every FSDP2 module so ``parameters()`` yields the sharded DTensor params."""
+    for module in _fsdp_modules(model_parts):
+        module.reshard()
+
+
+def refresh_fsdp_mixed_precision(model_parts: Iterable[nn.Module]) -> None:
+    """Recompute FSDP2's per-group orig/reduce dtypes from the currently trainable params.
+
+    Call after changing ``requires_grad`` and before the next backward. Idempotent, and a no-op
+    for modules without a mixed-precision policy.
+    """
+    for module in _fsdp_modules(model_parts):
+        state = module._get_fsdp_state()
+        # torch >= 2.13 may keep several param groups per module; older releases keep one.
+        groups = getattr(state, "_fsdp_param_groups", None)
+        if groups is None:
+            groups = [g for g in (state._fsdp_param_group,) if g is not None]
+        for group in groups:
+            group._init_mp_dtypes()
+    logger.debug("Refreshed FSDP2 mixed-precision dtypes")
 
 
 @dataclass(frozen=True)
