@@ -58,6 +58,30 @@ def test_kill_and_restart_reproduces_losses_bitwise(
     assert resumed_validation == {s: reference_validation[s] for s in resumed_validation}
 
 
+def test_checkpoint_torn_by_a_kill_mid_save_is_skipped_for_the_last_complete_one(
+    uninterrupted: JobResult, tmp_path: Path
+):
+    import shutil
+
+    # What a kill while step 8 is being saved leaves: step 7 complete, step 8's files cut
+    # short and its .metadata (DCP writes it last) missing.
+    dump = tmp_path / "run"
+    saved = uninterrupted.dump / "checkpoint"
+    for step in range(1, 8):
+        shutil.copytree(saved / f"step-{step}", dump / "checkpoint" / f"step-{step}")
+    torn = dump / "checkpoint" / "step-8"
+    torn.mkdir()
+    for file in (saved / "step-8").iterdir():
+        if file.name != ".metadata":
+            data = file.read_bytes()
+            (torn / file.name).write_bytes(data[: len(data) // 2])
+    resumed = run_job(dump)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    reference = uninterrupted.losses()
+    assert resumed.losses() == {step: reference[step] for step in range(8, 13)}
+    assert [r["phase"] for r in resumed.records()] == [1, 2, 2, 2, 2]
+
+
 def test_phase1_checkpoint_from_two_ranks_resumes_on_one(uninterrupted: JobResult, tmp_path: Path):
     import shutil
 
