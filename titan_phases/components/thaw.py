@@ -31,7 +31,8 @@ Sequence at a transition::
 one ``layers`` container (``ModuleDict`` or ``ModuleList``) registered in forward order, with
 embeddings registered before it. Other layouts keep FSDP2's default behaviour.
 :func:`refresh_fsdp_mixed_precision` calls FSDP2's private ``_init_mp_dtypes`` (the same method
-its lazy init runs); it can go once FSDP2 re-derives the dtypes when ``requires_grad`` changes."""
+its lazy init runs); it can go once FSDP2 re-derives the dtypes when ``requires_grad`` changes.
+"""
 
 from __future__ import annotations
 
