@@ -56,24 +56,27 @@ def hf_to_titan_names(from_hf_map: dict[str, str | None], titan_names: Iterable[
 
 def job_hf_names(job_config: JobConfig, source: str = "job config") -> dict[str, str]:
     """``{HF name: torchtitan name}`` for every parameter of the job's model (ScheduleError if
-    its TrainSpec has no HF name map)."""
+    its TrainSpec has no HF name map, or one that misses a parameter)."""
     titan_names = model_param_numels(job_config, source)
     spec = get_train_spec(job_config.model.name)
-    adapter_cls = spec.state_dict_adapter
     from_hf_map = None
-    if adapter_cls is not None:
+    if spec.state_dict_adapter is not None:
         model_args = copy.deepcopy(spec.model_args[job_config.model.flavor])
-        from_hf_map = getattr(adapter_cls(model_args, None), "from_hf_map", None)
-    problem = None
+        from_hf_map = getattr(spec.state_dict_adapter(model_args, None), "from_hf_map", None)
     if not from_hf_map:
-        problem = f"the TrainSpec {job_config.model.name!r} has no state_dict_adapter with a from_hf_map"
-    else:
-        try:
-            return hf_to_titan_names(from_hf_map, titan_names)
-        except ValueError as exc:
-            problem = str(exc)
-    raise ScheduleError([Problem(
-        source, None, "model.name", f"cannot translate HF parameter names: {problem}",
+        raise _untranslatable(
+            source, f"the TrainSpec {job_config.model.name!r} has no state_dict_adapter with a "
+            "from_hf_map"
+        )
+    try:
+        return hf_to_titan_names(from_hf_map, titan_names)
+    except ValueError as exc:
+        raise _untranslatable(source, str(exc)) from None
+
+
+def _untranslatable(source: str, reason: str) -> ScheduleError:
+    return ScheduleError([Problem(
+        source, None, "model.name", f"cannot translate HF parameter names: {reason}",
         "write the schedule with torchtitan's names (titan-phases show --params lists them)",
     )])
 
