@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from titan_phases.runtime.process_exit import exit_process
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -45,6 +47,9 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, fn: Callable, a
         dist.destroy_process_group()
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump(payload, f)
+    # As titan_phases.train does: FSDP2's DTensor caches keep the group's gloo threads alive,
+    # and tearing them down in interpreter finalization can abort a rank that passed.
+    exit_process(0)
 
 
 def run_ranks(fn: Callable, world_size: int, *args: Any) -> list[Any]:

@@ -20,9 +20,11 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
 import torch.distributed as dist
 
+from titan_phases.runtime.process_exit import exit_process
 
 _STORE_PREFIX = "titan_phases/input_check"
 _stores: list[dist.Store] = []
@@ -91,10 +93,14 @@ def agreed_report(report: str | None) -> str | None:
     return combine_reports(reports)
 
 
-def exit_together(message: str, code: int) -> None:
-    """Print ``message`` to stderr, wait until every rank has printed too, then exit."""
+def exit_together(message: str, code: int) -> NoReturn:
+    """Print ``message`` to stderr, wait until every rank has printed too, then exit.
+
+    Ends the process (:func:`~titan_phases.runtime.process_exit.exit_process`); only for
+    entry points, never for code a caller expects to return.
+    """
     print(message, file=sys.stderr, flush=True)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    sys.exit(code)
+    exit_process(code)

@@ -5,7 +5,9 @@ runtime is switched on first, before torchtitan's trainer module copies its devi
 The job config and schedule are validated on every rank before torchtitan sets up
 ``torch.distributed``; the ranks agree on what they found (:mod:`titan_phases.agreement`), and
 invalid input exits every rank with code 2 and the full list of problems. So does a checkpoint
-that the schedule cannot resume.
+that the schedule cannot resume. Every rank leaves through
+:func:`titan_phases.runtime.process_exit.exit_process`, which skips interpreter finalization
+(gloo threads that outlive their process group can abort it).
 
 A model whose TrainSpec is not phase-aware (e.g. torchtitan's own ``llama3``) runs on
 torchtitan's stock Trainer, with the embedded datasets and the CPU runtime available.
@@ -30,6 +32,7 @@ from titan_phases.components.phase_controller import ScheduleMismatchError  # no
 from titan_phases.config.parsing import with_phases_section  # noqa: E402
 from titan_phases.data.assets import ensure_assets  # noqa: E402
 from titan_phases.data.datasets import uses_embedded_assets  # noqa: E402
+from titan_phases.runtime.process_exit import exit_process  # noqa: E402
 from titan_phases.schedule import ScheduleError  # noqa: E402
 from titan_phases.train_spec import is_phased, register_train_specs  # noqa: E402
 from titan_phases.trainer import PhasedTrainer, schedule_for  # noqa: E402
@@ -85,13 +88,12 @@ def main() -> None:
     sys.argv[1:] = with_phases_section(sys.argv[1:])
     if uses_embedded_assets(job_config):
         ensure_assets()
-    if not is_phased(get_train_spec(job_config.model.name)):
-        torchtitan.train.main(torchtitan.train.Trainer)
-        return
+    phased = is_phased(get_train_spec(job_config.model.name))
     try:
-        torchtitan.train.main(PhasedTrainer)
+        torchtitan.train.main(PhasedTrainer if phased else torchtitan.train.Trainer)
     except ScheduleMismatchError as exc:
         exit_together(f"titan_phases: cannot resume, nothing was changed: {exc}", EXIT_INVALID_INPUT)
+    exit_process(0)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,15 @@ class JobResult:
     def losses(self) -> dict[int, float]:
         return {r["step"]: r["loss"] for r in self.records()}
 
+    def failure(self) -> str:
+        """The end of the output, for an assertion message.
+
+        faulthandler's list of loaded extension modules is dropped: on a crash it is long enough
+        to push the thread stacks and the C++ error above it out of a short tail.
+        """
+        lines = [line for line in self.output.splitlines() if "Extension modules:" not in line]
+        return "\n".join(lines)[-12000:]
+
 
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}

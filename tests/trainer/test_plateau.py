@@ -30,7 +30,7 @@ def _events(result: JobResult, kind: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def plateau_run(tmp_path_factory: pytest.TempPathFactory, embedded_assets: Path) -> JobResult:
     result = run_job(tmp_path_factory.mktemp("plateau") / "run", *PLATEAU)
-    assert result.returncode == 0, result.output[-3000:]
+    assert result.returncode == 0, result.failure()
     return result
 
 
@@ -77,7 +77,7 @@ def test_kill_between_best_checkpoint_and_its_transition_repeats_the_same_run(
     assert killed.returncode != 0
     assert not _events(killed, "transition")
     resumed = run_job(dump, *PLATEAU)
-    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert resumed.returncode == 0, resumed.failure()
 
     assert _events(resumed, "transition")[0]["step"] == transition_step
     reference = plateau_run.losses()

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("embedded_assets")
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, embedded_assets: Path) -> JobResult:
     result = run_job(tmp_path_factory.mktemp("reference") / "run")
-    assert result.returncode == 0, result.output[-3000:]
+    assert result.returncode == 0, result.failure()
     return result
 
 
@@ -44,7 +44,7 @@ def test_kill_and_restart_reproduces_losses_bitwise(
     killed = run_job(dump, kill_after_step=resume_from + 1)
     assert killed.returncode != 0, "the job should have been killed"
     resumed = run_job(dump)
-    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert resumed.returncode == 0, resumed.failure()
 
     reference = uninterrupted.losses()
     after_restart = resumed.losses()
@@ -76,7 +76,7 @@ def test_checkpoint_torn_by_a_kill_mid_save_is_skipped_for_the_last_complete_one
             data = file.read_bytes()
             (torn / file.name).write_bytes(data[: len(data) // 2])
     resumed = run_job(dump)
-    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert resumed.returncode == 0, resumed.failure()
     reference = uninterrupted.losses()
     assert resumed.losses() == {step: reference[step] for step in range(8, 13)}
     assert [r["phase"] for r in resumed.records()] == [1, 2, 2, 2, 2]
@@ -93,7 +93,7 @@ def test_phase1_checkpoint_from_two_ranks_resumes_on_one(uninterrupted: JobResul
         "--checkpoint.exclude_from_loading", "dataloader",
         nproc=1,
     )
-    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert resumed.returncode == 0, resumed.failure()
     records = resumed.records()
     reference = {r["step"]: r for r in uninterrupted.records()}
     assert records[0]["step"] == 7 and records[0]["phase"] == 1

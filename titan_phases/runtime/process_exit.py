@@ -1,0 +1,41 @@
+"""End a training process without tearing down the Python interpreter.
+
+``torch.distributed.destroy_process_group()`` unregisters a gloo process group but does not
+stop its C++ worker threads while anything still references the group, and FSDP2 leaves such
+references in DTensor's module-level caches (sharding propagation, redistribute planners).
+Those threads are then destroyed during interpreter finalization, which on torch 2.13 can
+abort a process whose job had finished cleanly ("terminate called without an active
+exception", SIGABRT); torchrun then reports the whole job as failed. It is a race: it hits a
+rank that leaves right after its last collective, which in torchtitan is every rank but 0
+(rank 0 sleeps two seconds first). ``tests/runtime/leave_after_collective.py`` reproduces it.
+
+:func:`exit_process` does what a normal exit does for the program (stops thread pools, waits
+for non-daemon threads, runs ``atexit`` handlers, flushes the standard streams) and then ends
+the process with ``os._exit``, so finalization never runs.
+
+**Limitations**
+Objects still alive at that point are not finalized: their ``__del__`` methods and weakref
+callbacks do not run. Whatever must reach disk has to be closed before (torchtitan's
+``Trainer.close()`` closes the checkpointer and the metric writers). An uncaught exception
+still leaves through the normal interpreter exit, so a job that already failed may report
+SIGABRT instead of exit code 1; its traceback is printed before that either way.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+from typing import NoReturn
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit with ``code`` after the program's own exit work, skipping interpreter finalization."""
+    # What the interpreter does first on exit: tell thread pools to stop (concurrent.futures
+    # hooks in here, e.g. DCP's async save executor), then join the non-daemon threads.
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
