@@ -1,7 +1,8 @@
 """Run a function on N real gloo ranks (separate processes) and collect what each returns.
 
 Distributed tests use this instead of mocking collectives: every rank is its own process
-with its own ``torch.distributed`` process group on the gloo backend.
+with its own ``torch.distributed`` process group on the gloo backend. Tests of whole programs
+launch them with :func:`torchrun_command` and :func:`rank_env` instead.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +22,22 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from titan_phases.runtime.process_exit import exit_process
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun_command(nproc: int, *program: str) -> list[str]:
+    """torchrun with ``nproc`` local ranks on a free port, then ``program`` as torchrun takes it
+    (a script or ``-m module``, with its arguments)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", *program,
+    ]
+
+
+def rank_env() -> dict[str, str]:
+    """The environment for launched ranks: this checkout importable, one thread per rank."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def _free_port() -> int:

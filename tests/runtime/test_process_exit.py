@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.dist import rank_env, torchrun_command
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
+        cwd=cwd, env=rank_env(), capture_output=True, text=True, timeout=60,
     )
 
 
@@ -57,12 +55,9 @@ def test_ranks_leaving_right_after_their_last_collective_all_exit_cleanly(tmp_pa
     # Without exit_process about half of these launches lose a rank to SIGABRT (measured:
     # 5 of 8 launches of 4 ranks on a 2-core machine); the race needs several tries to show.
     script = Path(__file__).with_name("leave_after_collective.py")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for launch in range(4):
         result = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4",
-             "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0",
-             str(script), "exit-process"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+            torchrun_command(4, str(script), "exit-process"),
+            cwd=tmp_path, env=rank_env(), capture_output=True, text=True, timeout=120,
         )
         assert result.returncode == 0, f"launch {launch}:\n{result.stdout[-2000:]}{result.stderr[-4000:]}"

@@ -7,14 +7,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.dist import rank_env, REPO, torchrun_command
+
 TINY_JOB = REPO / "tests" / "trainer" / "tiny_job.toml"
 
 
@@ -102,14 +102,12 @@ def run_job(
     complete checkpoint is ``kill_after_step - 1``.
     """
     cache = os.environ["TITAN_PHASES_CACHE"]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0",
-        "-m", "titan_phases.train", "--job.config_file", str(config),
+    cmd = torchrun_command(
+        nproc, "-m", "titan_phases.train", "--job.config_file", str(config),
         "--job.dump_folder", str(dump), "--model.hf_assets_path", f"{cache}/tokenizer",
         *overrides,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    )
+    env = rank_env()
     if kill_after_step is not None:
         env["TITAN_PHASES_TEST_STALL_AT_STEP"] = str(kill_after_step)
     log = dump.parent / f"{dump.name}.{time.monotonic_ns()}.log"
