@@ -25,8 +25,6 @@ from torch.distributed.tensor import DTensor
 from torchtitan.components.checkpoint import ModelWrapper
 from torchtitan.config import LRScheduler as LRSchedulerConfig, Optimizer as OptimizerConfig
 
-from titan_phases.components.thaw import reshard_fsdp_modules
-from titan_phases.components.thaw import named_parameters, parameters_named, set_trainable
 from titan_phases.components.lr_scheduler import (
     build_phased_lr_schedulers,
     linear_warmup_stable_decay,
@@ -38,6 +36,12 @@ from titan_phases.components.optimizer import (
     PhasedOptimizersContainer,
     PhaseMismatchError,
     read_checkpoint_phase,
+)
+from titan_phases.components.thaw import (
+    named_parameters,
+    parameters_named,
+    reshard_fsdp_modules,
+    set_trainable,
 )
 from titan_phases.runtime.cpu import use_gloo_reductions
 
