@@ -8,9 +8,6 @@ model on the meta device: no process group, no parameter memory), then applies
 
 from __future__ import annotations
 
-import copy
-
-import torch
 from torchtitan.config import JobConfig
 from torchtitan.protocols.train_spec import get_train_spec
 
@@ -18,16 +15,12 @@ from bench.analysis import expected_adamw_state_bytes, ModelFacts, PhaseExpectat
 from titan_phases.components.flops import attention_flops, ideal_phase_ratio
 from titan_phases.config import parse_job_config
 from titan_phases.schedule import load_and_validate
+from titan_phases.schedule.model_info import meta_model
 from titan_phases.train_spec import register_train_specs
 
 
 def _shapes(job_config: JobConfig) -> dict[str, tuple[int, ...]]:
-    spec = get_train_spec(job_config.model.name)
-    model_args = copy.deepcopy(spec.model_args[job_config.model.flavor])
-    model_args.update_from_config(job_config)
-    with torch.device("meta"):
-        model = spec.model_cls(model_args)
-    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+    return {name: tuple(p.shape) for name, p in meta_model(job_config).named_parameters()}
 
 
 def expect(args: list[str], world_size: int) -> ModelFacts:

@@ -10,6 +10,17 @@ Sources, per step (rank 0):
   alike: ``time_metrics/end_to_end(s)`` and ``memory/max_reserved(GiB)`` (peak RSS on CPU);
 * ``metrics.jsonl`` (phased jobs): ``phase``, ``step_time_s``, ``optimizer_state_bytes`` and
   ``trainable_params``, as exact integers (TensorBoard stores float32).
+
+Per transition, also from ``metrics.jsonl``: thaw + rebuild time (:func:`thaw_rebuild_seconds`).
+Transitions run at the start of step ``S + 1``, before it trains. The ``train`` record of step
+``S`` is stamped (``time``) as torchtitan logs the step; the ``transition`` record after step
+``S`` once the next phase's params are thawed and its optimizer and LR schedulers rebuilt. With
+checkpointing and validation off, the time between the two is thaw + rebuild plus a few Python
+statements of torchtitan's loop (and the console line of step ``S``).
+
+**Limitations**
+A job runs once into an empty dump folder. Should ``metrics.jsonl`` hold several runs (a resumed
+job appends), the last record of a step or transition wins, as the file's readers are advised.
 """
 
 from __future__ import annotations
@@ -21,8 +32,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.analysis import StepRecord
+from titan_phases.components.metrics import METRICS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "bench" / "configs" / "job.toml"
@@ -44,8 +57,16 @@ class Job:
 
 @dataclass(frozen=True)
 class JobOutput:
+    """What a job measured.
+
+    Attributes:
+        records: one per logged step.
+        thaw_rebuild_s: ``{phase entered: thaw + rebuild seconds}`` (empty for stock jobs).
+        wall_s: the job's wall time, torchrun start to exit.
+    """
+
     records: list[StepRecord]
-    log: str
+    thaw_rebuild_s: dict[int, float]
     wall_s: float
 
 
@@ -96,11 +117,11 @@ def run(job: Job, dump: Path, tokenizer: Path, nproc: int = 2, timeout: float = 
             stderr=subprocess.STDOUT, timeout=timeout, check=False,
         )
     wall = time.monotonic() - start
-    text = log_path.read_text()
     if proc.returncode != 0:
-        tail = "\n".join(text.splitlines()[-30:])
+        tail = "\n".join(log_path.read_text().splitlines()[-30:])
         raise RuntimeError(f"{job.label} failed (exit {proc.returncode}), log {log_path}:\n{tail}")
-    return JobOutput(read_records(dump), text, wall)
+    jsonl = read_jsonl(dump)
+    return JobOutput(read_records(dump, jsonl), thaw_rebuild_seconds(jsonl), wall)
 
 
 def _tensorboard_scalars(dump: Path) -> dict[int, dict[str, float]]:
@@ -117,22 +138,44 @@ def _tensorboard_scalars(dump: Path) -> dict[int, dict[str, float]]:
     return scalars
 
 
-def _jsonl_steps(dump: Path) -> dict[int, dict]:
-    path = dump / "metrics.jsonl"
+def read_jsonl(dump: Path) -> list[dict[str, Any]]:
+    """The records of the job's ``metrics.jsonl`` in file order (none for stock jobs)."""
+    path = dump / METRICS_FILE
     if not path.exists():
-        return {}
-    records = (json.loads(line) for line in path.read_text().splitlines())
-    return {r["step"]: r for r in records if r["type"] == "train"}
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_records(dump: Path) -> list[StepRecord]:
-    """One :class:`StepRecord` per logged step of the job in ``dump``."""
-    jsonl = _jsonl_steps(dump)
+def thaw_rebuild_seconds(jsonl: list[dict[str, Any]]) -> dict[int, float]:
+    """``{phase entered: seconds from step S's train record to the transition after step S}``."""
+    step_logged: dict[int, float] = {}
+    result: dict[int, float] = {}
+    for record in jsonl:
+        if record["type"] == "train":
+            step_logged[record["step"]] = record["time"]
+        elif record["type"] == "transition":
+            after_step = record["step"]
+            if after_step not in step_logged:
+                raise ValueError(
+                    f"metrics.jsonl has a transition after step {after_step} but no such step"
+                )
+            result[record["to_phase"]] = record["time"] - step_logged[after_step]
+    return result
+
+
+def read_records(dump: Path, jsonl: list[dict[str, Any]] | None = None) -> list[StepRecord]:
+    """One :class:`StepRecord` per logged step of the job in ``dump``.
+
+    ``jsonl``: the job's ``metrics.jsonl`` records when already read (:func:`read_jsonl`).
+    """
+    if jsonl is None:
+        jsonl = read_jsonl(dump)
+    steps = {r["step"]: r for r in jsonl if r["type"] == "train"}
     records = []
     for step, scalars in sorted(_tensorboard_scalars(dump).items()):
         if _TIME not in scalars:
             continue
-        phased = jsonl.get(step)
+        phased = steps.get(step)
         records.append(
             StepRecord(
                 step=step,

@@ -1,4 +1,5 @@
-"""Render ``bench/results.json`` as the generated part of BENCHMARKS.md.
+"""Render the suite's results (``results.json``, see :mod:`bench.run`) as the generated part of
+BENCHMARKS.md.
 
 The generated markdown replaces whatever lies between :data:`BEGIN` and :data:`END` in
 BENCHMARKS.md; the prose around it (method, explanations) is written by hand.
@@ -152,7 +153,7 @@ def _scaling(models: list[dict[str, Any]]) -> list[str]:
 
 
 def render(results: dict[str, Any]) -> str:
-    """The generated markdown for ``results`` (the content of bench/results.json)."""
+    """The generated markdown for ``results`` (the content of results.json)."""
     main = results["models"][results["main"]]
     by_depth = sorted(results["models"].values(), key=lambda m: m["depth"])
     title = f"llama3 `{main['flavor']}` ({main['depth']} blocks), 2 ranks FSDP2 on CPU"

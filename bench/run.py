@@ -1,4 +1,8 @@
-"""``python -m bench.run``: the benchmark suite (issue 7). Writes results.json and BENCHMARKS.md.
+"""``python -m bench.run``: the benchmark suite of titan_phases against stock torchtitan.
+
+Writes every figure and every job's per-step records to ``results.json`` in the run's output
+folder (``outputs/bench/<time>/`` by default; not tracked by git) and the summary tables to the
+generated section of BENCHMARKS.md (between :data:`bench.report.BEGIN` and ``END``).
 
 For each model size it runs, on 2 CPU ranks (FSDP2 over gloo), back to back in every repeat:
 
@@ -8,7 +12,8 @@ For each model size it runs, on 2 CPU ranks (FSDP2 over gloo), back to back in e
 
 The 6-block ``debugmodel`` is the main subject; 3 and 12 blocks (``bench.spec``) show scaling
 with fewer repeats. Job order alternates between repeats. ``--quick`` runs one short repeat of
-everything into the output folder only (for development; its numbers mean little).
+everything and writes its BENCHMARKS.md into the output folder too, leaving the repository's
+alone (for development; its numbers mean little).
 
 **Limitations**
 Timings are wall-clock on whatever else the machine runs; the report states the load average
@@ -37,7 +42,7 @@ from bench.micro import controller_due_seconds
 from bench.spec import PHASED_SPEC, STOCK_SPEC
 from titan_phases.data.assets import ensure_assets, tokenizer_dir
 
-RESULTS = jobs.REPO / "bench" / "results.json"
+RESULTS_FILE = "results.json"  # in the run's output folder, beside the jobs' dumps and logs
 MARKDOWN = jobs.REPO / "BENCHMARKS.md"
 
 
@@ -189,15 +194,15 @@ def run_suite(settings: Settings, out: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true",
-                        help="one short repeat; results only under --out (development)")
+                        help="one short repeat; its BENCHMARKS.md under --out too (development)")
     parser.add_argument("--out", type=Path, default=jobs.REPO / "outputs" / "bench",
-                        help="folder for the jobs' dumps and logs")
+                        help="folder for the jobs' dumps and logs and results.json")
     args = parser.parse_args(argv)
     out = args.out / datetime.now().strftime("%Y%m%d-%H%M%S")
     results = run_suite(QUICK if args.quick else Settings(), out)
-    results_path, markdown_path = (
-        (out / "results.json", out / "BENCHMARKS.md") if args.quick else (RESULTS, MARKDOWN)
-    )
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / RESULTS_FILE
+    markdown_path = out / "BENCHMARKS.md" if args.quick else MARKDOWN
     results_path.write_text(json.dumps(results, indent=1) + "\n")
     report.update_markdown(markdown_path, results)
     print(f"[bench] {results['wall_s'] / 60:.1f} min; wrote {results_path} and {markdown_path}",

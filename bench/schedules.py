@@ -1,21 +1,22 @@
 """Phase schedules the benchmark runs, as schedule-file TOML (format: docs/schedule.md).
 
-* :func:`three_phase` - the issue's schedule for a model of ``n_layers`` blocks: the top block
-  with the final norm and output head; the next ``max(1, n_layers // 3)`` blocks; the remaining
-  blocks with the token embeddings. At 6 blocks this is the default job's schedule.
+* :func:`three_phase` - the benchmark's phased schedule for a model of ``n_layers`` blocks: the
+  top block with the final norm and output head; the next ``max(1, n_layers // 3)`` blocks; the
+  remaining blocks with the token embeddings. At 6 blocks this is the default job's schedule.
 * :func:`all_params` - one phase that trains everything: the controller runs on every step but
   never transitions (the overhead measurement).
+
+Blocks are named by :func:`titan_phases.schedule.blocks.block_pattern`, the project's one
+definition of a block, over llama3's ``layers`` container.
 """
 
 from __future__ import annotations
 
+from titan_phases.schedule.blocks import block_pattern
+
+BLOCKS = "layers"
 NORM_AND_HEAD = ("output.weight", "norm.weight")
 EMBEDDINGS = "tok_embeddings.weight"
-
-
-def _blocks(indices: range) -> str:
-    """A regex over whole parameter names of the blocks in ``indices``."""
-    return "layers\\.(" + "|".join(str(i) for i in indices) + ")\\..+"
 
 
 def three_phase_params(n_layers: int) -> list[list[str]]:
@@ -25,9 +26,9 @@ def three_phase_params(n_layers: int) -> list[list[str]]:
     top = n_layers - 1
     middle_start = top - max(1, n_layers // 3)
     return [
-        [*NORM_AND_HEAD, _blocks(range(top, n_layers))],
-        [_blocks(range(middle_start, top))],
-        [_blocks(range(middle_start)), EMBEDDINGS],
+        [*NORM_AND_HEAD, block_pattern(BLOCKS, range(top, n_layers))],
+        [block_pattern(BLOCKS, range(middle_start, top))],
+        [block_pattern(BLOCKS, range(middle_start)), EMBEDDINGS],
     ]
 
 

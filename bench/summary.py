@@ -1,4 +1,4 @@
-"""Turn repeated benchmark runs into the figures of ``bench/results.json`` and check the targets.
+"""Turn repeated benchmark runs into the suite's figures (``results.json``); check the targets.
 
 Every ratio is taken within one repeat, between jobs run back to back (stock, phased and
 one-phase jobs of a repeat are adjacent in time), and then summarised as median and range over
@@ -14,7 +14,6 @@ from typing import Any
 
 from bench.analysis import by_phase, first_step_extra, ModelFacts, PhaseRun, Stat
 from bench.jobs import JobOutput
-from bench.logs import thaw_rebuild_seconds
 
 MAX_MEASURED_OVER_IDEAL = 1.10
 MAX_OVERHEAD = 0.01
@@ -95,7 +94,7 @@ def summarize(runs: ModelRuns, skip: int) -> dict[str, Any]:
         raise ValueError("every repeat needs a stock and a phased job")
     stock = [by_phase(o.records, skip)[0] for o in runs.stock]
     phased = [by_phase(o.records, skip) for o in runs.phased]
-    thaw = [thaw_rebuild_seconds(o.log) for o in runs.phased]
+    thaw = [o.thaw_rebuild_s for o in runs.phased]
     result: dict[str, Any] = {
         "depth": runs.depth,
         "flavor": runs.flavor,
@@ -148,7 +147,11 @@ def _check(target: str, value: dict[str, float], limit: float) -> dict[str, Any]
 
 
 def targets(model: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, judged on ``model``'s figures over its repeats."""
+    """The suite's targets, judged on ``model``'s figures over its repeats.
+
+    Per-phase measured / ideal step-time ratio, controller overhead and transition cost (limits
+    ``MAX_*`` above), and optimizer state bytes exactly as expected.
+    """
     checks = [
         _check(f"phase {p['phase']}: measured / ideal step-time ratio <= "
                f"{MAX_MEASURED_OVER_IDEAL:.2f}", p["measured_over_ideal"], MAX_MEASURED_OVER_IDEAL)

@@ -235,3 +235,25 @@ def test_unknown_own_option_exits_2(capsys, job):
 def test_shipped_job_configs_validate(capsys, config):
     code, _, err = run(capsys, "validate", "--job.config_file", config)
     assert code == 0, err
+
+
+def test_validate_reports_unknown_keys_with_the_schedule_problems_at_once(capsys, tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[job]\ndescripton = "typo"\n\n[model]\nname = "llama3_phases"\nflavor = "debugmodel"\n'
+        '\n[phases]\nrestore_bset = true\nlr_scale = -1.0\n'
+    )
+    code, _, err = run(capsys, "validate", "--job.config_file", str(job))
+    assert code == 2
+    assert f"{job}:2: job.descripton: no config section has this key" in err
+    assert "did you mean job.description?" in err
+    assert f"{job}:9: phases.restore_bset" in err and "did you mean phases.restore_best?" in err
+    assert "phases.lr_scale: must be > 0" in err and "(3 problems)" in err
+    assert "Traceback" not in err
+
+
+def test_a_job_toml_syntax_error_names_the_file(capsys, tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text("[job\ndump_folder = 1\n")
+    code, _, err = run(capsys, "validate", "--job.config_file", str(job))
+    assert code == 2 and f"{job}: not valid TOML" in err and "Traceback" not in err

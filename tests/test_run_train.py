@@ -28,7 +28,8 @@ def default_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_default_job_passes_through_every_phase_and_learns(default_job: Path):
-    records = [json.loads(line) for line in (default_job / "metrics.jsonl").read_text().splitlines()]
+    lines = (default_job / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     train = [r for r in records if r["type"] == "train"]
     assert sorted({r["phase"] for r in train}) == [0, 1, 2]
     assert train[-1]["step"] == 60

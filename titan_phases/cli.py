@@ -15,18 +15,17 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from titan_phases.config import parse_job_config
-from titan_phases.schedule import ScheduleError, load_and_validate
-from titan_phases.schedule.errors import Problem, Problems
-from titan_phases.schedule.fts_import import FTS_BASE_MAX_LR, convert_fts_schedule, load_fts_yaml
-from titan_phases.schedule.hf_names import job_hf_names, to_titan_names
-from titan_phases.schedule.resolve import ResolvedSchedule
-from titan_phases.schedule.table import phase_rows, render_table
-from titan_phases.schedule.toml_writer import dumps
+from titan_phases.config import CommandLineError, parse_job_config, UnknownKey
+from titan_phases.interop.fts_import import convert_fts_schedule, FTS_BASE_MAX_LR, load_fts_yaml
+from titan_phases.interop.hf_names import job_hf_names, to_titan_names
+from titan_phases.interop.table import phase_rows, render_table
+from titan_phases.interop.toml_writer import dumps
+from titan_phases.runtime.process_exit import EXIT_INVALID_INPUT
+from titan_phases.schedule import load_and_validate, ResolvedSchedule, ScheduleError
+from titan_phases.schedule.errors import Problem, Problems, unknown_key_problems
 from titan_phases.train_spec import register_train_specs
 
 EXIT_OK = 0
-EXIT_INVALID = 2
 
 _EXIT_CODES = """\
 exit codes:
@@ -44,13 +43,15 @@ class _InvalidInput(Exception):
     """A user error outside the schedule itself (files, flags)."""
 
 
-def _parse_job(torchtitan_args: list[str]) -> Any:
+def _parse_job(torchtitan_args: list[str], unknown_keys: list[UnknownKey] | None = None) -> Any:
     # As in titan_phases.train: the phased model names ("llama3_phases") must be registered.
     register_train_specs()
     try:
-        return parse_job_config(torchtitan_args)
+        return parse_job_config(torchtitan_args, unknown_keys=unknown_keys)
     except (FileNotFoundError, tomllib.TOMLDecodeError, ValueError) as e:
         raise _InvalidInput(f"cannot read the job config: {e}") from e
+    except CommandLineError as e:
+        raise _InvalidInput(f"invalid torchtitan flag:\n{e}") from e
 
 
 def _print_warnings(warnings: tuple[Problem, ...] | list[Problem]) -> None:
@@ -60,15 +61,30 @@ def _print_warnings(warnings: tuple[Problem, ...] | list[Problem]) -> None:
 
 def _summary(resolved: ResolvedSchedule) -> str:
     kind = "generated" if resolved.generated else "explicit"
-    summary = f"OK: {resolved.num_phases} phase(s), {kind} schedule ({resolved.schedule.source})"
+    summary = f"OK: {resolved.num_phases} phase(s), {kind} schedule ({resolved.source})"
     if resolved.frozen_params:
         summary += f"; {len(resolved.frozen_params)} parameter(s) never thawed"
     return summary
 
 
+def _resolve_job(torchtitan_args: list[str]) -> tuple[Any, ResolvedSchedule]:
+    """The job and its schedule; unknown job-config keys are reported with the schedule's
+    problems, in one ScheduleError."""
+    unknown: list[UnknownKey] = []
+    job_config = _parse_job(torchtitan_args, unknown)
+    problems = unknown_key_problems(unknown)
+    try:
+        resolved = load_and_validate(job_config)
+    except ScheduleError as exc:
+        what = "job config or schedule" if problems else "phase schedule"
+        raise ScheduleError(problems + exc.problems, what) from None
+    if problems:
+        raise ScheduleError(problems, "job config")
+    return job_config, resolved
+
+
 def _validate(args: argparse.Namespace, rest: list[str]) -> int:
-    job_config = _parse_job(rest)
-    resolved = load_and_validate(job_config)
+    job_config, resolved = _resolve_job(rest)
     _print_warnings(resolved.warnings)
     print(render_table(phase_rows(resolved, job_config)))
     print(_summary(resolved))
@@ -76,12 +92,11 @@ def _validate(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _show(args: argparse.Namespace, rest: list[str]) -> int:
-    job_config = _parse_job(rest)
-    resolved = load_and_validate(job_config)
+    job_config, resolved = _resolve_job(rest)
     rows = phase_rows(resolved, job_config)
     if args.json:
         print(json.dumps({
-            "source": resolved.schedule.source,
+            "source": resolved.source,
             "generated": resolved.generated,
             "phases": rows,
             "warnings": [str(w) for w in resolved.warnings],
@@ -113,7 +128,7 @@ def _generate(args: argparse.Namespace, rest: list[str]) -> int:
         cfg.schedule_file, cfg.schedule = "", {}
     resolved = load_and_validate(job_config)
     _print_warnings(resolved.warnings)
-    phases = resolved.schedule.phases + resolved.dropped_phases
+    phases = resolved.phases + resolved.dropped_phases
     total = sum(resolved.param_numels.values()) or 1
     comments = {}
     for phase in phases:
@@ -125,7 +140,7 @@ def _generate(args: argparse.Namespace, rest: list[str]) -> int:
         else:
             comments[str(phase.index)] = f"phase {phase.index}: beyond max_depth = {cfg.max_depth}"
     header = (
-        f"Phase schedule written by `titan-phases generate`, {resolved.schedule.source}\n"
+        f"Phase schedule written by `titan-phases generate`, {resolved.source}\n"
         f"model {job_config.model.name} {job_config.model.flavor}, "
         f"blocks_per_phase = {cfg.blocks_per_phase}, transition_mode = "
         f"{cfg.effective_transition_mode(job_config.validation.enable)}, "
@@ -151,14 +166,23 @@ def _import_fts(args: argparse.Namespace, rest: list[str]) -> int:
     problems = Problems()
     raw = load_fts_yaml(args.schedule, problems)
     problems.raise_if_any()
+    # With the job, patterns are converted against the names they are written in, so FTS's
+    # start-anchored matches are kept exactly and its looser matches can be listed.
+    from titan_phases.schedule.model_info import model_param_numels
+
+    names = None
+    if args.hf_names:
+        hf_names = job_hf_names(job_config, source=args.schedule)
+        names = list(hf_names)
+    elif job_config is not None:
+        names = list(model_param_numels(job_config, args.schedule))
     converted = convert_fts_schedule(
         raw, source=args.schedule, problems=problems, steps_per_epoch=args.steps_per_epoch,
         prefix=args.strip_prefix, base_max_lr=args.base_max_lr,
-        groups_per_phase=args.groups_per_phase,
+        groups_per_phase=args.groups_per_phase, param_names=names,
     )
     problems.raise_if_any()
     if args.hf_names:
-        hf_names = job_hf_names(job_config, source=args.schedule)
         to_titan_names(converted.schedule, hf_names, args.schedule, problems)
         problems.raise_if_any()
     for note in converted.notes:
@@ -258,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop this prefix from every param name/regex (default when given "
                           "without a value: Lightning's 'model.')")
     fts.add_argument("--base-max-lr", type=_positive_float, default=FTS_BASE_MAX_LR, metavar="LR",
-                     help="FTS's base_max_lr, the lr of phases without one (default: %(default)s)")
+                     help="FTS's base_max_lr, the lr of phases without one (default: "
+                          "%(default)s); for generated schedules it is [phases] base_max_lr")
     fts.add_argument("--groups-per-phase", type=int, choices=(1, 2), default=None,
                      help="FTS param groups per phase in init_pg_lrs (2 with a no_decay split); "
                           "default: inferred from the list lengths")
@@ -306,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
     except _InvalidInput as e:
         print(f"error: {e}", file=sys.stderr)
-    except SystemExit as e:  # tyro rejected a torchtitan flag and printed why
+    except SystemExit as e:  # --help of the torchtitan flags (tyro printed it)
         return int(e.code or 0)
-    return EXIT_INVALID
+    return EXIT_INVALID_INPUT
 
 
 if __name__ == "__main__":

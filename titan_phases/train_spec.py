@@ -4,7 +4,8 @@
 ``dataclasses.replace``. It swaps only what phases need:
 
 * ``parallelize_fn`` is wrapped to freeze the parallelised model to phase 0 of the job's
-  schedule, so torchtitan's Trainer builds the optimizer over phase 0's params only;
+  schedule (:func:`titan_phases.schedule.load_and_validate`), so torchtitan's Trainer builds
+  the optimizer over phase 0's params only;
 * ``build_optimizers_fn`` / ``build_lr_schedulers_fn``: the phase-aware containers;
 * ``build_metrics_processor_fn``: metrics.jsonl, per-group lrs, trainable params;
 * ``build_validator_fn`` is wrapped so every validation measures the same batches (plateau
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch.nn as nn
 from torchtitan.config import JobConfig
-from torchtitan.protocols.train_spec import TrainSpec, get_train_spec, register_train_spec
+from torchtitan.protocols.train_spec import get_train_spec, register_train_spec, TrainSpec
 
 from titan_phases.components.lr_scheduler import build_phased_lr_schedulers
 from titan_phases.components.metrics import build_phase_metrics_processor
@@ -32,6 +33,7 @@ from titan_phases.components.optimizer import build_phased_optimizers
 from titan_phases.components.thaw import limit_backward_all_gathers, set_trainable
 from titan_phases.components.validate import repeatable
 from titan_phases.data.datasets import register_datasets
+from titan_phases.schedule import load_and_validate
 
 SPEC_SUFFIX = "_phases"
 PHASED_MODEL_FAMILIES = ("llama3", "qwen3")
@@ -40,10 +42,8 @@ PHASED_MODEL_FAMILIES = ("llama3", "qwen3")
 def _freezing_to_phase0(parallelize_fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     @functools.wraps(parallelize_fn)
     def parallelize(model: nn.Module, parallel_dims: Any, job_config: JobConfig) -> nn.Module:
-        from titan_phases.trainer import schedule_for
-
         model = parallelize_fn(model, parallel_dims, job_config)
-        set_trainable([model], schedule_for(job_config).trainable_params(0))
+        set_trainable([model], load_and_validate(job_config).trainable_params(0))
         limit_backward_all_gathers([model])
         return model
 

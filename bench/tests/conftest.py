@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bench.analysis import ModelFacts, PhaseExpectation, StepRecord
-from bench.jobs import JobOutput
+from bench.jobs import JobOutput, thaw_rebuild_seconds
 from bench.summary import ModelRuns, summarize
 
 FACTS = ModelFacts(
@@ -19,14 +19,17 @@ FACTS = ModelFacts(
                          state_bytes=(408, 408)),
     ),
 )
-LOG = """\
-[titan] 2026-01-01 00:00:04,000 - root - INFO - step:  4  loss: 1
-[titan] 2026-01-01 00:00:04,020 - titan_phases.trainer - INFO - Phase 0 -> 1 after step 4 (x)
-"""
+# metrics.jsonl of a phased job: phase 1 entered 20 ms after step 4's train record.
+JSONL = [
+    {"type": "run_start", "time": 0.0, "pid": 1},
+    {"type": "train", "step": 4, "loss": 1.0, "phase": 0, "time": 4.0},
+    {"type": "transition", "step": 4, "from_phase": 0, "to_phase": 1, "reason": "x",
+     "time": 4.02},
+]
 
 
 def _stock(step_s: float) -> JobOutput:
-    return JobOutput([StepRecord(s, step_s, 1.0) for s in range(1, 7)], "", 10.0)
+    return JobOutput([StepRecord(s, step_s, 1.0) for s in range(1, 7)], {}, 10.0)
 
 
 def _phased(scale: float) -> JobOutput:
@@ -37,7 +40,7 @@ def _phased(scale: float) -> JobOutput:
                    trainable=40 if s <= 4 else 100)
         for s, t in enumerate(times, start=1)
     ]
-    return JobOutput(records, LOG, 10.0)
+    return JobOutput(records, thaw_rebuild_seconds(JSONL), 10.0)
 
 
 @pytest.fixture

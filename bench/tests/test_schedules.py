@@ -1,4 +1,4 @@
-"""Benchmark schedules: the issue's three phases at any depth, valid schedule TOML."""
+"""Benchmark schedules: the three-phase split at any depth, valid schedule TOML."""
 
 from __future__ import annotations
 

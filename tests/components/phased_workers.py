@@ -23,23 +23,21 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from torchtitan.components.checkpoint import ModelWrapper
-from torchtitan.config import LRScheduler as LRSchedulerConfig, Optimizer as OptimizerConfig
+from torchtitan.config import LRScheduler as LRSchedulerConfig
+from torchtitan.config import Optimizer as OptimizerConfig
 
+from titan_phases.components.checkpoint import PhaseMismatchError, read_checkpoint_phase
 from titan_phases.components.lr_scheduler import (
     build_phased_lr_schedulers,
     linear_warmup_stable_decay,
     PhasedLRSchedulersContainer,
     warmup_stable_decay_args,
 )
-from titan_phases.components.optimizer import (
-    build_phased_optimizers,
-    PhasedOptimizersContainer,
-    PhaseMismatchError,
-    read_checkpoint_phase,
-)
+from titan_phases.components.optimizer import build_phased_optimizers, PhasedOptimizersContainer
 from titan_phases.components.thaw import (
-    named_parameters,
-    parameters_named,
+    params_by_name,
+    params_per_part,
+    refresh_fsdp_mixed_precision,
     reshard_fsdp_modules,
     set_trainable,
 )
@@ -256,12 +254,14 @@ def train_step(
 
 
 def thaw(parts: list[nn.Module], prefixes: Sequence[str]) -> list[list[nn.Parameter]]:
-    """Thaw the params under ``prefixes`` with the trainer's own functions; return them per part."""
+    """Thaw the params under ``prefixes`` with the trainer's own functions (the first steps of
+    ``titan_phases.components.transition.enter_phase``); return them per part."""
     reshard_fsdp_modules(parts)
-    params = named_parameters(parts)
+    params = params_by_name(parts)
     new = [name for name in params if name.startswith(tuple(prefixes))]
     set_trainable(parts, [name for name, p in params.items() if p.requires_grad] + new)
-    return parameters_named(parts, new)
+    refresh_fsdp_mixed_precision(parts)
+    return params_per_part(parts, new)
 
 
 def _compare_step(

@@ -57,3 +57,37 @@ def _save_three_times(rank: int, world_size: int, root: str) -> None:
     best = BestCheckpoints(root)
     for step in (1, 2, 3):
         best.save(0, step, w.states_of(parts, optimizers, lr_schedulers))
+
+
+class _Value:
+    """A Stateful holding one tensor, to see what a restore brings back."""
+
+    def __init__(self, value: float) -> None:
+        self.value = torch.tensor([value])
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"].clone()
+
+
+def test_restore_best_keeps_what_the_next_phase_replaces(tmp_path: Path):
+    from titan_phases.components.best_checkpoint import RestoreBest
+    from titan_phases.components.plateau import PlateauTracker
+    from titan_phases.schedule import LRSchedulerChange, PhasePlan
+
+    model, optimizer, scheduler = _Value(1.0), _Value(2.0), _Value(3.0)
+    keeper = RestoreBest(str(tmp_path), [], model, optimizer, scheduler)
+    plateau = PlateauTracker(patience=1, min_delta=0.0, mode="min")
+    following = PhasePlan(1, ("b",), ("a", "b"), 0.1, None,
+                          LRSchedulerChange("StepLR", {"step_size": 1}, None, False), 1.0)
+
+    keeper.restore(0, plateau, following)  # no validation yet: nothing to restore
+    assert [model.value.item(), optimizer.value.item()] == [1.0, 2.0]
+
+    plateau.update(0.5, step=4)
+    keeper.save(0, 4)
+    model.value, optimizer.value, scheduler.value = (torch.tensor([9.0]) for _ in range(3))
+    keeper.restore(0, plateau, following)
+    assert [model.value.item(), optimizer.value.item(), scheduler.value.item()] == [1.0, 2.0, 9.0]

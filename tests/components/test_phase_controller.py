@@ -74,7 +74,7 @@ def test_commit_out_of_order_is_a_bug():
 
 
 def _plateau_controller(patience=2, steps=(100, 200, None)) -> PhaseController:
-    from titan_phases.components.early_stopping import PlateauTracker
+    from titan_phases.components.plateau import PlateauTracker
 
     return PhaseController(
         list(steps), PARAMS, PlateauTracker(patience=patience, min_delta=0.01, mode="min"),
@@ -95,7 +95,7 @@ def test_plateau_requests_the_next_phase_before_its_step_limit():
 
 
 def test_plateau_in_the_final_phase_asks_to_stop_with_the_reason():
-    from titan_phases.components.early_stopping import PlateauTracker
+    from titan_phases.components.plateau import PlateauTracker
 
     tracker = PlateauTracker(patience=1, min_delta=0.0, mode="min")
     controller = PhaseController([None], [PARAMS[0]], tracker, plateau_transitions=True)
@@ -127,3 +127,9 @@ def test_plateau_state_survives_a_checkpoint():
         controller.observe_validation(15, 3.6)
         controller.observe_validation(20, 3.7)
     assert original.due(20) == resumed.due(20) == Transition(0, 1, 20, "validation plateau")
+
+
+def test_final_phase_plateau_without_a_finite_validation_says_so():
+    controller = PhaseController([None], [["w"]], plateau_transitions=True)
+    assert controller.observe_validation(3, float("nan")) is False
+    assert "no finite validation loss" in controller.stop_reason

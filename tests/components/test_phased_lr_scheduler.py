@@ -12,12 +12,13 @@ from torch.optim import lr_scheduler as lrs
 from torchtitan.config import LRScheduler as LRSchedulerConfig
 
 from tests.components.phased_workers import build_model, freeze_to, params_with, PHASES
+from titan_phases.components.checkpoint import PhaseMismatchError
 from titan_phases.components.lr_scheduler import (
     build_phased_lr_schedulers,
     PhasedLRSchedulersContainer,
     WarmupStableDecayLR,
 )
-from titan_phases.components.optimizer import PhasedOptimizersContainer, PhaseMismatchError
+from titan_phases.components.optimizer import PhasedOptimizersContainer
 
 PHASE0_LR, PHASE1_LR = 0.1, 0.03
 HERE = __name__
@@ -91,15 +92,25 @@ def _lrs(optimizers: PhasedOptimizersContainer) -> list[float]:
     return [g["lr"] for g in optimizers.optimizers[0].param_groups]
 
 
+def _reference(class_path, init_args, objects, group_lrs):
+    groups = [{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in group_lrs]
+    optimizer = torch.optim.SGD(groups)
+    return optimizer, _torch_class(class_path)(optimizer, **(init_args | objects))
+
+
+@pytest.mark.parametrize("apply_lambdas", [False, True], ids=["lambdas_off", "lambdas_on"])
 @pytest.mark.parametrize(("class_path", "init_args", "objects"), CASES, ids=IDS)
-def test_new_group_follows_the_running_schedule(class_path, init_args, objects):
+def test_new_group_joins_the_running_schedule_as_in_fts(
+    class_path, init_args, objects, apply_lambdas
+):
     parts, optimizers = _optimizers()
-    lr_schedulers = PhasedLRSchedulersContainer(optimizers, class_path, init_args)
-    # Reference: the same scheduler over an optimizer that had the phase-1 group from the start.
-    groups = [{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (PHASE0_LR, PHASE1_LR)]
-    reference_optimizer = torch.optim.SGD(groups)
-    reference = _torch_class(class_path)(reference_optimizer, **(init_args | objects))
+    lr_schedulers = PhasedLRSchedulersContainer(
+        optimizers, class_path, init_args, apply_lambdas_new_pgs=apply_lambdas
+    )
+    # Reference: FTS's add_optimizer_groups by hand on a plain torch optimizer and scheduler.
+    reference_optimizer, reference = _reference(class_path, init_args, objects, [PHASE0_LR])
     plateau = isinstance(reference, lrs.ReduceLROnPlateau)
+    lambdas = isinstance(reference, lrs.LambdaLR | lrs.MultiplicativeLR)
 
     def advance_reference(step: int) -> None:
         reference_optimizer.step()
@@ -109,29 +120,53 @@ def test_new_group_follows_the_running_schedule(class_path, init_args, objects):
         _advance(optimizers, lr_schedulers, step)
         advance_reference(step)
     _enter_phase1(parts, optimizers, lr_schedulers)
+    start = PHASE1_LR
+    if apply_lambdas and lambdas:
+        start = PHASE1_LR * reference.lr_lambdas[-1](reference.last_epoch)
+    reference_optimizer.add_param_group(
+        {"params": [nn.Parameter(torch.zeros(1))], "lr": start, "initial_lr": PHASE1_LR}
+    )
+    if plateau:
+        reference.min_lrs.append(reference.min_lrs[0])
+    else:
+        reference.base_lrs.append(PHASE1_LR)
+    if lambdas:
+        reference.lr_lambdas.append(reference.lr_lambdas[-1])
+
     scheduler = lr_schedulers.schedulers[0]
     new_group = optimizers.optimizers[0].param_groups[1]
     assert new_group["initial_lr"] == PHASE1_LR
-    if plateau:
-        # Plateau reductions are events, not a function of the step: the group starts afresh.
-        assert new_group["lr"] == PHASE1_LR and len(scheduler.min_lrs) == 2
-    else:
+    assert new_group["lr"] == start
+    if not plateau:
         assert scheduler.base_lrs == [PHASE0_LR, PHASE1_LR]
-        assert new_group["lr"] == pytest.approx(
-            reference_optimizer.param_groups[1]["lr"], rel=1e-12
-        )
     assert scheduler.get_last_lr() == _lrs(optimizers)
-
     for step in range(3, 9):
         _advance(optimizers, lr_schedulers, step)
         advance_reference(step)
-        assert _lrs(optimizers)[0] == reference_optimizer.param_groups[0]["lr"]
-        if not plateau:
-            assert _lrs(optimizers)[1] == pytest.approx(
-                reference_optimizer.param_groups[1]["lr"], rel=1e-12
+        assert _lrs(optimizers) == [g["lr"] for g in reference_optimizer.param_groups]
+
+
+@pytest.mark.parametrize("class_path", ["LambdaLR", CASES[-2][0]], ids=["LambdaLR", "WSD"])
+def test_with_apply_lambdas_a_group_joining_a_lambda_schedule_follows_it_from_step_one(
+    class_path,
+):
+    _, init_args, objects = next(case for case in CASES if case[0] == class_path)
+    parts, optimizers = _optimizers()
+    lr_schedulers = PhasedLRSchedulersContainer(optimizers, class_path, init_args)
+    # The same scheduler over an optimizer that had the phase-1 group from the start.
+    reference_optimizer, reference = _reference(
+        class_path, init_args, objects, [PHASE0_LR, PHASE1_LR]
+    )
+    for step in range(9):
+        if step == 3:
+            _enter_phase1(parts, optimizers, lr_schedulers)
+        if step >= 3:
+            assert _lrs(optimizers) == pytest.approx(
+                [g["lr"] for g in reference_optimizer.param_groups], rel=1e-12
             )
-    if plateau:
-        assert _lrs(optimizers)[1] < PHASE1_LR  # reductions after the transition reach it
+        _advance(optimizers, lr_schedulers, step)
+        reference_optimizer.step()
+        reference.step()
 
 
 @pytest.mark.parametrize(("class_path", "init_args", "objects"), CASES, ids=IDS)
@@ -209,9 +244,10 @@ def test_schedule_continues_on_an_optimizer_rebuilt_as_another_class():
     optimizers.add_phase(1, [new], lr=PHASE1_LR, optimizer=("AdamW", {"lr": 1.0}))
     lr_schedulers.add_phase(1)
     assert lr_schedulers.schedulers[0].optimizer is optimizers.optimizers[0]
-    assert _lrs(optimizers) == [PHASE0_LR * 0.25, PHASE1_LR * 0.25]
+    # The carried-over lr decays on; the new group starts at its lr (FTS: no lambdas here).
+    assert _lrs(optimizers) == [PHASE0_LR * 0.25, PHASE1_LR]
     _advance(optimizers, lr_schedulers, 2)
-    assert _lrs(optimizers) == [PHASE0_LR * 0.125, PHASE1_LR * 0.125]
+    assert _lrs(optimizers) == [PHASE0_LR * 0.125, PHASE1_LR * 0.5]
 
 
 def test_step_and_step_on_metric_each_drive_only_their_kind():
@@ -296,5 +332,7 @@ def test_untested_scheduler_runs_with_a_warning(caplog):
     for step in range(2):
         _advance(optimizers, lr_schedulers, step)
     _enter_phase1(parts, optimizers, lr_schedulers)
-    # PolynomialLR has a closed form: the new group follows it ((1 - 2/4) ** 1 after 2 steps).
-    assert _lrs(optimizers) == pytest.approx([PHASE0_LR * 0.5, PHASE1_LR * 0.5], rel=1e-12)
+    # The new group starts at its lr; PolynomialLR's chained rule moves it from there.
+    assert _lrs(optimizers) == pytest.approx([PHASE0_LR * 0.5, PHASE1_LR], rel=1e-12)
+    _advance(optimizers, lr_schedulers, 2)
+    assert _lrs(optimizers) == pytest.approx([PHASE0_LR * 0.25, PHASE1_LR * 0.5], rel=1e-12)

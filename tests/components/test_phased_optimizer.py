@@ -11,7 +11,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 from torchtitan.components.optimizer import build_optimizers, OptimizersContainer
-from torchtitan.config import LRScheduler as LRSchedulerConfig, Optimizer as OptimizerConfig
+from torchtitan.config import LRScheduler as LRSchedulerConfig
+from torchtitan.config import Optimizer as OptimizerConfig
 
 from tests.components.phased_workers import (
     batch,
@@ -22,18 +23,20 @@ from tests.components.phased_workers import (
     PHASES,
     split_in_two,
 )
+from titan_phases.components.checkpoint import (
+    decode_state,
+    encode_state,
+    PhaseMismatchError,
+    read_checkpoint_phase,
+)
 from titan_phases.components.lr_scheduler import (
     build_phased_lr_schedulers,
     PhasedLRSchedulersContainer,
 )
 from titan_phases.components.optimizer import (
     build_phased_optimizers,
-    decode_state,
-    encode_state,
     optimizer_from_config,
     PhasedOptimizersContainer,
-    PhaseMismatchError,
-    read_checkpoint_phase,
 )
 
 ADAMW_KWARGS = {"lr": 1e-2, "betas": (0.8, 0.9), "weight_decay": 0.05, "foreach": True}

@@ -50,14 +50,14 @@ def _loss(model: torch.nn.Module, seed: int) -> torch.Tensor:
 
 
 def _thaw_after_validation_forward(rank: int, world_size: int) -> dict[str, bool]:
-    from titan_phases.components.thaw import parameters_named, set_trainable
+    from titan_phases.components.thaw import params_per_part, set_trainable
 
     model = _sharded_debug_model(world_size)
     set_trainable([model], TOP)
     with torch.no_grad():
         _loss(model, seed=1)  # a validation forward leaves the root module unsharded
     count = set_trainable([model], TOP + ["tok_embeddings.weight"])
-    (embedding,) = parameters_named([model], ["tok_embeddings.weight"])[0]
+    (embedding,) = params_per_part([model], ["tok_embeddings.weight"])[0]
     before = embedding.full_tensor().clone()
     optimizer = torch.optim.SGD([embedding], lr=1.0)
     _loss(model, seed=2).backward()

@@ -30,20 +30,22 @@ def _batches(world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _loss(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, n_tokens: int):
     # torchtitan's normalisation: summed token loss over the global token count.
     logits = model(inputs)
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum") / n_tokens
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
+    return loss / n_tokens
 
 
 def _sharded_grads(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     from titan_phases.runtime.cpu import activate_if_no_accelerator
 
     activate_if_no_accelerator()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, StateDictOptions
     from torchtitan.config import ConfigManager
     from torchtitan.distributed import ParallelDims
     from torchtitan.protocols.train_spec import get_train_spec
 
     job_config = ConfigManager().parse_args(
-        ["--model.hf_assets_path", ".", "--training.seq_len", str(SEQ), "--activation_checkpoint.mode", "none",
+        ["--model.hf_assets_path", ".", "--training.seq_len", str(SEQ),
+         "--activation_checkpoint.mode", "none",
          "--training.mixed_precision_param", "float32"]
     )
     parallel_dims = ParallelDims(

@@ -60,4 +60,5 @@ def test_ranks_leaving_right_after_their_last_collective_all_exit_cleanly(tmp_pa
             torchrun_command(4, str(script), "exit-process"),
             cwd=tmp_path, env=rank_env(), capture_output=True, text=True, timeout=120,
         )
-        assert result.returncode == 0, f"launch {launch}:\n{result.stdout[-2000:]}{result.stderr[-4000:]}"
+        output = f"{result.stdout[-2000:]}{result.stderr[-4000:]}"
+        assert result.returncode == 0, f"launch {launch}:\n{output}"

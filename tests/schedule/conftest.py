@@ -9,7 +9,7 @@ from torchtitan.config import ConfigManager
 from torchtitan.config import JobConfig as TitanJobConfig
 
 from titan_phases.config.job_config import JobConfig as PhasesJobConfig
-from titan_phases.schedule import Problem, ScheduleError, load_and_validate
+from titan_phases.schedule import load_and_validate, Problem, ScheduleError
 
 # The class torchtitan's ConfigManager builds for `custom_config_module = titan_phases...`.
 MergedJobConfig = ConfigManager._merge_configs(TitanJobConfig, PhasesJobConfig)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from titan_phases.schedule import load_and_validate
 
-from .conftest import NUM_DEBUGMODEL_PARAMS, make_job
+from .conftest import make_job, NUM_DEBUGMODEL_PARAMS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "schedule.md"
 

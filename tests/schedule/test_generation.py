@@ -7,7 +7,7 @@ import pytest
 from titan_phases.schedule import load_and_validate
 from titan_phases.schedule.generation import phase_groups, transition_steps
 
-from .conftest import NUM_DEBUGMODEL_PARAMS, make_job
+from .conftest import make_job, NUM_DEBUGMODEL_PARAMS
 
 
 def test_debugmodel_schedule_covers_every_parameter_exactly_once():
@@ -35,20 +35,20 @@ def test_order_head_then_blocks_top_down_then_embeddings():
 ])
 def test_blocks_per_phase(blocks, expected):
     resolved = load_and_validate(make_job(blocks_per_phase=blocks))
-    patterns = [p.params for p in resolved.schedule.phases]
+    patterns = [p.params for p in resolved.phases]
     assert patterns == [("norm.weight", "output.weight"), *[(e,) for e in expected],
                         ("tok_embeddings.weight",)]
 
 
 def test_even_split_of_training_steps():
     resolved = load_and_validate(make_job(steps=800))
-    steps = [p.max_transition_step for p in resolved.schedule.phases]
+    steps = [p.max_transition_step for p in resolved.phases]
     assert steps == [100, 200, 300, 400, 500, 600, 700, None]
 
 
 def test_steps_per_phase_and_max_depth():
     resolved = load_and_validate(make_job(steps=1000, steps_per_phase=50, max_depth=2))
-    assert [p.max_transition_step for p in resolved.schedule.phases] == [50, 100, None]
+    assert [p.max_transition_step for p in resolved.phases] == [50, 100, None]
     assert len(resolved.dropped_phases) == 5
     assert len(resolved.frozen_params) == NUM_DEBUGMODEL_PARAMS - 2 - 18
     assert [w.key for w in resolved.warnings] == ["phases.max_depth"]
@@ -56,7 +56,7 @@ def test_steps_per_phase_and_max_depth():
 
 def test_plateau_mode_sets_no_steps():
     resolved = load_and_validate(make_job(transition_mode="plateau", validation=True))
-    assert all(p.max_transition_step is None for p in resolved.schedule.phases)
+    assert all(p.max_transition_step is None for p in resolved.phases)
 
 
 def test_reinit_configs_go_into_every_later_phase():
@@ -64,7 +64,7 @@ def test_reinit_configs_go_into_every_later_phase():
         reinit_optimizer={"class_path": "SGD", "init_args": {"lr": 1e-5, "momentum": 0.9}},
         reinit_lr_scheduler={"class_path": "StepLR", "init_args": {"step_size": 10}},
     ))
-    first, *rest = resolved.schedule.phases
+    first, *rest = resolved.phases
     assert first.new_optimizer is None and first.new_lr_scheduler is None
     assert {p.new_optimizer.class_path for p in rest} == {"torch.optim.SGD"}
     assert {p.new_lr_scheduler.class_path for p in rest} == {"torch.optim.lr_scheduler.StepLR"}
@@ -84,3 +84,23 @@ def test_modules_between_two_block_stacks():
 
 def test_transition_steps_beyond_max_depth_are_unset():
     assert transition_steps(5, 3, 90, 0) == [30, 60, None, None, None]
+
+
+def test_base_max_lr_is_the_lr_of_every_generated_phase_but_the_first():
+    # FTS gives the phases it generates base_max_lr; here it is opt-in ([optimizer] lr if 0).
+    resolved = load_and_validate(make_job(base_max_lr=1e-5, lr_scale=0.5))
+    assert resolved.phases[0].lr is None
+    assert all(p.lr == 1e-5 for p in resolved.phases[1:])
+    assert resolved.group_lr(0) == pytest.approx(4e-4)
+    assert [resolved.group_lr(k) for k in range(1, resolved.num_phases)] == pytest.approx(
+        [5e-6] * (resolved.num_phases - 1))
+    default = load_and_validate(make_job())
+    assert default.group_lr(1) == default.base_lr == 8e-4
+
+
+def test_base_max_lr_with_reinits_and_written_out(tmp_path):
+    job = make_job(base_max_lr=2e-5, reinit_optimizer={
+        "class_path": "SGD", "init_args": {"lr": 1e-3}})
+    resolved = load_and_validate(job)
+    assert resolved.group_lr(3) == 2e-5  # not the reinit optimizer's lr
+    assert resolved.phases[3].to_raw()["lr"] == 2e-5  # what `titan-phases generate` writes

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from torchtitan.config import ConfigManager
 
-from titan_phases.config import CUSTOM_CONFIG_MODULE, Phases, parse_job_config
+from titan_phases.config import CUSTOM_CONFIG_MODULE, parse_job_config, Phases
 from titan_phases.config import job_config as job_config_module
 
 JOB = """
@@ -98,3 +98,14 @@ def test_every_phases_field_has_a_docstring():
         and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)
     }
     assert documented == {f for f in Phases.__dataclass_fields__}
+
+
+def test_only_a_missing_embedded_tokenizer_goes_unwarned(tmp_path, monkeypatch, caplog):
+    # A fresh clone has no embedded tokenizer yet: titan_phases builds it after parsing.
+    monkeypatch.setenv("TITAN_PHASES_CACHE", str(tmp_path / "cache"))
+    job = ["--job.config_file", "train_configs/debug_model.toml"]
+    with caplog.at_level("WARNING"):
+        parse_job_config([*job, "--model.hf_assets_path", str(tmp_path / "cache/tokenizer")])
+        assert not [r for r in caplog.records if "does not exist" in r.getMessage()]
+        parse_job_config([*job, "--model.hf_assets_path", str(tmp_path / "typo")])
+    assert any(f"{tmp_path / 'typo'} does not exist" in r.getMessage() for r in caplog.records)

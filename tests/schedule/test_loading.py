@@ -82,5 +82,27 @@ def test_relative_schedule_file_used_by_load_and_validate(tmp_path, monkeypatch)
     job = make_job(schedule_file="s.toml")
     job.job.config_file = str(tmp_path / "job.toml")
     resolved = load_and_validate(job)
-    assert resolved.schedule.source == str(tmp_path / "s.toml")
+    assert resolved.source == str(tmp_path / "s.toml")
     assert resolved.num_phases == 3 and not resolved.generated
+
+
+def test_a_schedule_file_that_is_a_directory_or_unreadable_is_a_problem_not_a_traceback(tmp_path):
+    import pytest
+
+    from titan_phases.schedule import ScheduleError
+
+    folder = tmp_path / "schedule.toml"
+    folder.mkdir()
+    with pytest.raises(ScheduleError, match="is a directory, not a file"):
+        read_schedule_file(folder)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00[0]")
+    with pytest.raises(ScheduleError, match="not UTF-8 text"):
+        read_schedule_file(binary)
+    unreadable = tmp_path / "secret.toml"
+    unreadable.write_text("[0]\nparams = ['.*']\n")
+    unreadable.chmod(0)
+    if os.access(unreadable, os.R_OK):  # root reads anything: the check cannot apply
+        return
+    with pytest.raises(ScheduleError, match="cannot be read"):
+        read_schedule_file(unreadable)

@@ -7,10 +7,14 @@ import copy
 import pytest
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torchtitan.models.llama3 import Transformer, llama3_args
+from torchtitan.models.llama3 import llama3_args, Transformer
 
 from titan_phases.schedule import (
-    Phase, PhaseSchedule, ScheduleError, canonical_param_name, resolve_phase_params,
+    canonical_param_name,
+    Phase,
+    PhaseSchedule,
+    resolve_phase_params,
+    ScheduleError,
 )
 
 

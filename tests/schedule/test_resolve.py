@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 
 import pytest
@@ -61,7 +62,7 @@ def test_optimizer_and_max_norm_in_effect(resolved):
 
 
 def test_lr_scheduler_kwargs_build_a_picklable_lambda(resolved):
-    init = resolved.schedule.phases[3].new_lr_scheduler
+    init = resolved.phases[3].new_lr_scheduler
     kwargs = resolved.lr_scheduler_kwargs(init)
     assert isinstance(kwargs["lr_lambda"], functools.partial)
     assert kwargs["lr_lambda"](1) == 0.5
@@ -73,3 +74,64 @@ def test_lr_scheduler_kwargs_build_a_picklable_lambda(resolved):
 def test_same_result_twice():
     first, second = (load_and_validate(make_job(SCHEDULE)) for _ in range(2))
     assert first == second
+
+
+REINITS = {
+    "0": {"params": ["output.weight", "norm.weight"], "max_transition_step": 10},
+    "1": {"params": [r"layers\.5\..+"], "lr": 2e-3, "max_transition_step": 20,
+          "new_optimizer": {"class_path": "SGD", "init_args": {"lr": 4e-3}},
+          "new_lr_scheduler": {"class_path": "StepLR", "init_args": {"step_size": 3}}},
+    "2": {"params": [r"layers\.4\..+"], "lr": 1e-3, "max_transition_step": 30,
+          "new_optimizer": {"class_path": "AdamW", "init_args": {"lr": 3e-3}},
+          "new_lr_scheduler": {"class_path": "StepLR", "init_args": {"step_size": 3}}},
+    "3": {"params": [r"layers\.3\..+"], "max_transition_step": 40,
+          "new_lr_scheduler": {"class_path": "ExponentialLR", "init_args": {"gamma": 0.8},
+                               "init_pg_lrs": [1e-4, 2e-4, 3e-4, 4e-4]}},
+    "4": {"params": [r"layers\.2\..+"], "lr": 6e-4, "max_transition_step": 50,
+          "new_optimizer": {"class_path": "SGD", "init_args": {"momentum": 0.9}},
+          "new_lr_scheduler": {"class_path": "ExponentialLR", "init_args": {"gamma": 0.8}}},
+    "5": {"params": [r"layers\.1\..+"], "lr": 7e-4,
+          "new_lr_scheduler": {"class_path": "ExponentialLR", "init_args": {"gamma": 0.8},
+                               "use_current_optimizer_pg_lrs": True}},
+}
+
+
+def test_new_schedulers_restart_groups_at_ftss_initial_lrs():
+    resolved = load_and_validate(make_job(REINITS, steps=100))
+    # An optimizer reinit restarts phase 0's group at the new optimizer's lr, the others at
+    # the lrs they joined with (FTS rebuilds the optimizer and re-adds the phases' groups).
+    assert resolved.plan(1).lr_scheduler.init_pg_lrs == (4e-3, 2e-3)
+    assert resolved.plan(2).lr_scheduler.init_pg_lrs == (3e-3, 2e-3, 1e-3)
+    assert resolved.plan(3).lr_scheduler.init_pg_lrs == (1e-4, 2e-4, 3e-4, 4e-4)
+    # init_pg_lrs outlast a later reinit (FTS replays them); an optimizer without an lr
+    # argument restarts phase 0's group at the class's default.
+    assert resolved.initial_lrs(4) == (1e-4, 2e-4, 3e-4, 4e-4, 6e-4)
+    assert resolved.plan(4).lr_scheduler.init_pg_lrs == (1e-4, 2e-4, 3e-4, 4e-4, 6e-4)
+    # use_current_optimizer_pg_lrs: the containers take the current lrs.
+    assert resolved.plan(5).lr_scheduler.init_pg_lrs is None
+    assert resolved.plan(5).lr_scheduler.use_current_optimizer_pg_lrs
+
+
+def test_initial_lrs_are_scaled_and_follow_the_latest_optimizer():
+    schedule = {k: dict(v) for k, v in REINITS.items() if k in ("0", "1", "2")}
+    schedule["2"] = {key: v for key, v in schedule["2"].items() if key != "new_lr_scheduler"}
+    schedule["3"] = {"params": [r"layers\.3\..+"], "new_lr_scheduler": {
+        "class_path": "StepLR", "init_args": {"step_size": 3}}}
+    resolved = load_and_validate(make_job(schedule, steps=100, lr_scale=0.5))
+    # Phase 3 adds no optimizer: its group and phase 0's take the AdamW's lr (scaled).
+    assert resolved.initial_lrs(3) == pytest.approx((1.5e-3, 1e-3, 5e-4, 1.5e-3))
+    assert resolved.initial_lrs(0) == pytest.approx((4e-4,))
+
+
+def test_sgd_without_lr_restarts_phase0_group_at_its_default():
+    schedule = {k: dict(v) for k, v in REINITS.items() if k in ("0", "1")}
+    schedule["1"]["new_optimizer"] = {"class_path": "SGD", "init_args": {"momentum": 0.9}}
+    resolved = load_and_validate(make_job(schedule, steps=100))
+    default = inspect.signature(torch.optim.SGD).parameters["lr"].default
+    assert resolved.plan(1).lr_scheduler.init_pg_lrs == (default, 2e-3)
+
+
+def test_apply_lambdas_new_pgs_reaches_the_resolved_schedule():
+    assert load_and_validate(make_job(SCHEDULE)).apply_lambdas_new_pgs is True
+    off = load_and_validate(make_job(SCHEDULE, apply_lambdas_new_pgs=False))
+    assert off.apply_lambdas_new_pgs is False

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from titan_phases.schedule import ScheduleError, load_and_validate
+from titan_phases.schedule import load_and_validate, ScheduleError
 
 from .conftest import find_problem, make_job, problems_of, two_phases
 
@@ -348,9 +348,17 @@ def test_restore_best_needs_validation_and_checkpoint():
     ("transition_mode", "plateu"), ("mode", "minimum"), ("lr_scale", 0.0), ("lr_scale", "x"),
     ("max_depth", -2), ("blocks_per_phase", 0), ("steps_per_phase", -1), ("patience", 0),
     ("min_delta", -0.1), ("allow_untested", "yes"), ("restore_best", 1),
+    ("base_max_lr", -1e-5), ("base_max_lr", "1e-5"), ("apply_lambdas_new_pgs", "false"),
 ])
 def test_bad_phases_setting(field, value):
     find_problem(problems_of(make_job(two_phases(), **{field: value})), None, f"phases.{field}")
+
+
+def test_base_max_lr_with_an_explicit_schedule_is_a_warning():
+    resolved = load_and_validate(make_job(two_phases(), base_max_lr=1e-5))
+    assert [w.key for w in resolved.warnings if w.key.startswith("phases.")] == [
+        "phases.base_max_lr"]
+    assert resolved.group_lr(1) == 8e-4  # the explicit phase keeps the optimizer's lr
 
 
 def test_generated_schedule_needs_enough_steps():

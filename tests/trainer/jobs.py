@@ -93,13 +93,16 @@ def run_job(
     nproc: int = 2,
     config: Path = TINY_JOB,
     kill_after_step: int | None = None,
+    terminate_after_step: int | None = None,
     timeout: float = 300,
 ) -> JobResult:
     """Run a job with torchrun.
 
     With ``kill_after_step`` the job stalls right after logging that step (see
     ``tests/trainer/tiny_spec.py``) and is then SIGKILLed, launcher and ranks together; its last
-    complete checkpoint is ``kill_after_step - 1``.
+    complete checkpoint is ``kill_after_step - 1``. With ``terminate_after_step`` the launcher
+    alone gets SIGTERM once that step is logged, as a scheduler preempting the job would send
+    it, and the job is left to finish on its own.
     """
     cache = os.environ["TITAN_PHASES_CACHE"]
     cmd = torchrun_command(
@@ -124,6 +127,9 @@ def run_job(
             if kill_after_step is not None and _logged(dump, kill_after_step):
                 _kill_job(proc)
                 break
+            if terminate_after_step is not None and _logged(dump, terminate_after_step):
+                proc.send_signal(signal.SIGTERM)
+                terminate_after_step = None
             time.sleep(0.05)
     return JobResult(proc.returncode, log.read_text(), dump)
 

@@ -59,12 +59,28 @@ def test_final_phase_plateau_ends_training_with_a_loadable_full_checkpoint(
     assert "output.weight" in state and "optimizer" in state and "phases" in state
 
 
+def test_an_early_end_between_checkpoint_steps_still_writes_the_final_checkpoint(
+    plateau_run: JobResult, tmp_path: Path
+):
+    # No interval checkpoint falls on the end step: the final save comes right after a
+    # validation forward, which leaves FSDP's root module unsharded.
+    result = run_job(tmp_path / "run", *PLATEAU, "--checkpoint.interval", "50")
+    assert result.returncode == 0, result.failure()
+    (end,) = _events(result, "end")
+    assert end["step"] == _events(plateau_run, "end")[0]["step"]
+    saved = sorted(p.name for p in (result.dump / "checkpoint").iterdir())
+    assert saved == [f"step-{end['step']}"]
+    assert (result.dump / "checkpoint" / saved[0] / ".metadata").is_file()
+
+
 def test_restore_best_restores_the_phase_best_before_the_transition(plateau_run: JobResult):
     first = _events(plateau_run, "transition")[0]
     losses = {r["step"]: r["loss"] for r in _events(plateau_run, "validation")}
     best_step = min((s for s in losses if s <= first["step"]), key=losses.get)
-    assert f"restored phase 0's best state (validation loss {losses[best_step]:.6g} after step {best_step})" in plateau_run.output
-    assert (plateau_run.dump / "best_checkpoints" / "phase-0" / f"after-step-{best_step}" / ".metadata").is_file()
+    restored = f"validation loss {losses[best_step]:.6g} after step {best_step}"
+    assert f"restored phase 0's best state ({restored})" in plateau_run.output
+    best_dir = plateau_run.dump / "best_checkpoints" / "phase-0" / f"after-step-{best_step}"
+    assert (best_dir / ".metadata").is_file()
 
 
 def test_kill_between_best_checkpoint_and_its_transition_repeats_the_same_run(

@@ -30,6 +30,44 @@ def test_uninterrupted_run_goes_through_every_phase(uninterrupted: JobResult):
     assert "Phase 1 -> 2 after step 8" in uninterrupted.output
 
 
+def test_sigterm_saves_the_step_in_progress_and_the_restart_continues_bitwise(
+    uninterrupted: JobResult, tmp_path: Path
+):
+    dump = tmp_path / "run"
+    # No interval checkpoint after step 0: whatever resumes was saved because of SIGTERM.
+    sparse = ("--checkpoint.interval", "100")
+    stopped = run_job(dump, *sparse, terminate_after_step=5)
+    assert stopped.returncode != 0
+    assert stopped.output.count("titan_phases: SIGTERM received") == 2  # both ranks agree
+    (end,) = stopped.records("end")
+    assert end["reason"] == "preempted (SIGTERM)" and end["step"] >= 5
+    saved = end["step"]
+    assert f"saved a full checkpoint after step {saved}" in stopped.output
+    assert (dump / "checkpoint" / f"step-{saved}" / ".metadata").is_file()
+
+    resumed = run_job(dump, *sparse)
+    assert resumed.returncode == 0, resumed.failure()
+    reference = uninterrupted.losses()
+    after_restart = resumed.losses()
+    assert sorted(after_restart) == list(range(saved + 1, 13))
+    assert after_restart == {step: reference[step] for step in after_restart}
+
+
+def test_a_non_finite_loss_stops_before_that_step_is_saved(tmp_path: Path):
+    dump = tmp_path / "run"
+    diverged = run_job(dump, "--optimizer.lr", "1e30")
+    assert diverged.returncode != 0
+    (end,) = diverged.records("end")
+    assert end["reason"].startswith("diverged: non-finite training loss in step")
+    step = end["step"]
+    assert diverged.output.count(f"Stopped before saving step {step}") == 2  # both ranks
+    saved = sorted(int(p.name.split("-")[1]) for p in (dump / "checkpoint").iterdir())
+    assert saved and max(saved) == step - 1
+    losses = diverged.losses()
+    assert losses[step] is None  # metrics.jsonl writes a non-finite value as null
+    assert all(isinstance(losses[s], float) for s in losses if s < step)
+
+
 # Phase 0 ends after step 4 (max_transition_step). Killed while logging step K, the job
 # restarts from the checkpoint of step K - 1.
 @pytest.mark.parametrize(
@@ -82,18 +120,19 @@ def test_checkpoint_torn_by_a_kill_mid_save_is_skipped_for_the_last_complete_one
     assert [r["phase"] for r in resumed.records()] == [1, 2, 2, 2, 2]
 
 
-def test_phase1_checkpoint_from_two_ranks_resumes_on_one(uninterrupted: JobResult, tmp_path: Path):
+@pytest.mark.parametrize("flag", [True, False], ids=["dataloader-excluded", "rank-change-detected"])
+def test_phase1_checkpoint_from_two_ranks_resumes_on_one(
+    uninterrupted: JobResult, tmp_path: Path, flag: bool
+):
     import shutil
 
     dump = tmp_path / "run"
     shutil.copytree(uninterrupted.dump / "checkpoint", dump / "checkpoint")
-    resumed = run_job(
-        dump,
-        "--checkpoint.load_step", "6",
-        "--checkpoint.exclude_from_loading", "dataloader",
-        nproc=1,
-    )
+    exclude = ("--checkpoint.exclude_from_loading", "dataloader") if flag else ()
+    resumed = run_job(dump, "--checkpoint.load_step", "6", *exclude, nproc=1)
     assert resumed.returncode == 0, resumed.failure()
+    detected = "saved with 2 data-parallel ranks, this run has 1" in resumed.output
+    assert detected != flag
     records = resumed.records()
     reference = {r["step"]: r for r in uninterrupted.records()}
     assert records[0]["step"] == 7 and records[0]["phase"] == 1

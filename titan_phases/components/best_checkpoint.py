@@ -1,4 +1,9 @@
-"""DCP checkpoints of each phase's best state, for ``[phases] restore_best``.
+"""``[phases] restore_best``: each phase's best state, saved as it is reached and restored
+before the phase's transition.
+
+:class:`RestoreBest` decides what goes in (the model always; the optimizer and LR scheduler
+state unless the next phase replaces them) and says what it did; :class:`BestCheckpoints`
+stores the states as DCP checkpoints.
 
 They live in ``<job.dump_folder>/best_checkpoints/phase-<k>/after-step-<S>``, outside
 torchtitan's checkpoint folder, so ``checkpoint.keep_latest_k`` never purges them and resuming
@@ -17,25 +22,22 @@ import os
 import re
 import shutil
 from collections.abc import Mapping
+from typing import Any
 
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+import torch.nn as nn
 from torch.distributed.checkpoint.stateful import Stateful
+
+from titan_phases.components.plateau import PlateauTracker
+from titan_phases.components.thaw import reshard_fsdp_modules
+from titan_phases.runtime.ranks import barrier, is_rank0
+from titan_phases.schedule import PhasePlan
 
 logger = logging.getLogger(__name__)
 
 BEST_FOLDER = "best_checkpoints"
 _KEPT_PER_PHASE = 2
 _SAVED = re.compile(r"^after-step-(\d+)$")
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _is_rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 class BestCheckpoints:
@@ -50,10 +52,10 @@ class BestCheckpoints:
     def save(self, phase: int, step: int, states: Mapping[str, Stateful]) -> str:
         path = self.path(phase, step)
         dcp.save(dict(states), checkpoint_id=path)
-        _barrier()
-        if _is_rank0():
+        barrier()
+        if is_rank0():
             self._prune(os.path.dirname(path))
-        _barrier()
+        barrier()
         return path
 
     def _prune(self, phase_dir: str) -> None:
@@ -72,3 +74,70 @@ class BestCheckpoints:
                 "[phases] restore_best. Restore the directory or set restore_best = false"
             )
         dcp.load(dict(states), checkpoint_id=path)
+
+
+class RestoreBest:
+    """Saves a phase's state at each new best validation; restores the best before moving on.
+
+    Args:
+        dump_folder: the job's ``job.dump_folder``.
+        model_parts: the (FSDP2-sharded) model parts, resharded before every save and restore.
+        model_state: torchtitan's Stateful model wrapper (the checkpointer's ``"model"``).
+        optimizers, lr_schedulers: the phase-aware containers.
+    """
+
+    def __init__(
+        self,
+        dump_folder: str,
+        model_parts: list[nn.Module],
+        model_state: Stateful,
+        optimizers: Stateful,
+        lr_schedulers: Stateful,
+    ) -> None:
+        self.checkpoints = BestCheckpoints(dump_folder)
+        self.model_parts = model_parts
+        self.model_state = model_state
+        self.optimizers = optimizers
+        self.lr_schedulers = lr_schedulers
+
+    def _states(self, with_optimizer: bool, with_lr_scheduler: bool) -> dict[str, Any]:
+        # After a validation forward the root module is still unsharded, and the optimizer's
+        # state dict would look its params up among the unsharded tensors.
+        reshard_fsdp_modules(self.model_parts)
+        states: dict[str, Any] = {"model": self.model_state}
+        if with_optimizer:
+            states["optimizer"] = self.optimizers
+        if with_lr_scheduler:
+            states["lr_scheduler"] = self.lr_schedulers
+        return states
+
+    def save(self, phase: int, step: int) -> str:
+        """Save the state after ``step`` as phase ``phase``'s best."""
+        return self.checkpoints.save(phase, step, self._states(True, True))
+
+    def restore(self, from_phase: int, plateau: PlateauTracker, following: PhasePlan) -> None:
+        """Restore ``from_phase``'s best state before entering ``following``; log what it did."""
+        if plateau.best_step is None:
+            logger.info(
+                "restore_best: phase %d had no validation; continuing from its last state",
+                from_phase,
+            )
+            return
+        keep_optimizer = following.optimizer is None
+        keep_scheduler = following.lr_scheduler is None
+        path = self.checkpoints.path(from_phase, plateau.best_step)
+        self.checkpoints.restore(path, self._states(keep_optimizer, keep_scheduler))
+        skipped = [
+            f"{what} state (phase {following.index} builds a new one)"
+            for what, kept in (("optimizer", keep_optimizer), ("lr scheduler", keep_scheduler))
+            if not kept
+        ]
+        logger.info(
+            "restore_best: restored phase %d's best state (validation loss %.6g after step %d) "
+            "from %s%s",
+            from_phase,
+            plateau.best,
+            plateau.best_step,
+            path,
+            f"; not restored: {', '.join(skipped)}" if skipped else "",
+        )

@@ -10,8 +10,9 @@ lowest trainable layer up to the output (gradients for activations and weights, 
 forward FLOPs, as in torchtitan's ``6 x params`` count), ``B_all`` the backward pass over
 everything. Frozen layers inside the span are counted like trainable ones.
 
-Depth comes from parameter names: ``...layers.<i>....`` belongs to block ``i``; other parameters
-sit below every block when they come before the first block parameter in the given order
+Depth comes from parameter names: blocks are what :mod:`titan_phases.schedule.blocks` says, in
+the order they first appear; other parameters sit below every block when they come before the
+first block parameter in the given order
 (``named_parameters()`` order: the token embeddings) and above the last block otherwise (final
 norm, output head). A parameter costs 2 FLOPs per element and token in the forward pass, except
 lookup tables (embeddings), which cost none; attention-score matmuls, which have no
@@ -22,17 +23,17 @@ A FLOP ratio, not a time model: it ignores work that does not scale with it (ele
 the loss, the optimizer step, FSDP all-gathers and reduce-scatters, Python overhead), which makes
 frozen steps relatively more expensive in practice. It also ignores that the lowest trainable
 layer needs no gradient for its input (its true backward is somewhat cheaper than counted).
-Only the usual transformer layout (blocks under one ``layers`` container) is understood.
+Blocks are assumed to run one after another in the order they are registered.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
+
+from titan_phases.schedule.blocks import block_of
 
 __all__ = ["attention_flops", "forward_flops_by_depth", "ideal_phase_ratio"]
 
-_BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 FLOPS_PER_WEIGHT = 2  # one multiply and one add per weight and token
 BACKWARD_FACTOR = 2  # backward = activation gradients + weight gradients
 
@@ -46,9 +47,14 @@ def attention_flops(dim: int, seq_len: int) -> float:
 
 
 def _depths(names: list[str]) -> dict[str, int]:
-    """Depth of every parameter: 0 below the blocks, ``1 + i`` for block ``i``, top above."""
-    blocks = {n: int(m.group(1)) for n in names if (m := _BLOCK.search(n))}
-    top = max(blocks.values(), default=-1) + 2
+    """Depth of every parameter: 0 below the blocks, ``1 + i`` for the i-th block, top above."""
+    order: dict[tuple[str, int], int] = {}
+    blocks = {}
+    for name in names:
+        block = block_of(name)
+        if block is not None:
+            blocks[name] = order.setdefault(block, len(order))
+    top = len(order) + 1
     depths: dict[str, int] = {}
     seen_block = False
     for name in names:
@@ -71,7 +77,7 @@ def forward_flops_by_depth(
     for name, numel in param_numels.items():
         if name not in lookup_params:
             flops[depths[name]] += FLOPS_PER_WEIGHT * numel
-    for depth in {d for n, d in depths.items() if _BLOCK.search(n)}:
+    for depth in {d for n, d in depths.items() if block_of(n) is not None}:
         flops[depth] += attention_flops
     return flops
 

@@ -6,8 +6,15 @@ torchtitan's warmup-stable-decay schedule (:class:`WarmupStableDecayLR`, the sam
 step as torchtitan's ``build_lr_schedulers``); :func:`build_phased_lr_schedulers` has
 torchtitan's builder signature, so it drops into a ``TrainSpec`` as ``build_lr_schedulers_fn``.
 
-At a transition the new param group either follows the running schedule or a new scheduler
+At a transition the new param group either joins the running schedule or a new scheduler
 takes over (FTS's ``new_lr_scheduler`` with ``init_pg_lrs`` / ``use_current_optimizer_pg_lrs``).
+Both follow finetuning-scheduler (FTS) 2.14: the same lrs step by step, checked against lrs
+recorded from FTS runs (``tests/components/test_fts_lr_parity.py``), except where
+:class:`PhasedLRSchedulersContainer` names a difference.
+
+**Limitations** (private torch API this module relies on; check on upgrades)
+* ``LRScheduler._last_lr``: extended by the new group's lr, so ``get_last_lr()`` (which
+  torchtitan logs) covers every group.
 """
 
 from __future__ import annotations
@@ -19,31 +26,30 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch.distributed as dist
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
-    CosineAnnealingWarmRestarts,
     LambdaLR,
     LRScheduler,
     MultiplicativeLR,
     ReduceLROnPlateau,
 )
-
 from torchtitan.components.lr_scheduler import LRSchedulersContainer
 from torchtitan.config import LRScheduler as LRSchedulerConfig
 
-from titan_phases.components.optimizer import (
-    class_path_of,
+from titan_phases.components.checkpoint import (
     decode_metadata,
     encode_state,
     FORMAT_VERSION,
-    import_class_path,
     METADATA_KEY,
-    PhasedOptimizersContainer,
     PhaseMismatchError,
 )
+from titan_phases.components.optimizer import PhasedOptimizersContainer
+from titan_phases.runtime.ranks import is_rank0
 from titan_phases.schedule.classes import (
+    class_path_of,
+    import_class_path,
     lr_scheduler_kwargs,
+    LR_SCHEDULER_MODULE,
     REJECTED_LR_SCHEDULERS,
     SUPPORTED_LR_SCHEDULERS,
 )
@@ -164,7 +170,7 @@ def warmup_stable_decay_args(config: LRSchedulerConfig, training_steps: int) -> 
 
 
 def _import_lr_scheduler_class(class_path: str) -> type[LRScheduler]:
-    cls = import_class_path(class_path, LRScheduler, "torch.optim.lr_scheduler", "an lr scheduler")
+    cls = import_class_path(class_path, LRScheduler, LR_SCHEDULER_MODULE, "an lr scheduler")
     if issubclass(cls, REJECTED_LR_SCHEDULERS):
         raise ValueError(f"{class_path} is not supported: it wraps other scheduler objects")
     if not issubclass(cls, SUPPORTED_LR_SCHEDULERS):
@@ -173,50 +179,23 @@ def _import_lr_scheduler_class(class_path: str) -> type[LRScheduler]:
     return cls
 
 
-def _lr_following_schedule(scheduler: LRScheduler, base_lr: float) -> float:
-    """The lr ``scheduler`` gives now to a group with ``base_lr`` that it ran from its start.
+def _extend_to_new_group(scheduler: LRScheduler, apply_lambdas: bool) -> float:
+    """Make ``scheduler`` cover its optimizer's newest param group; return that group's lr.
 
-    ``scheduler`` has already been extended to the new group (its last lambda / base lr).
+    FTS's ``add_optimizer_groups``: the group starts at its phase lr (its ``initial_lr``),
+    times the scheduler's latest lambda at the current step if ``apply_lambdas`` and the
+    scheduler has lr lambdas; its base lr is the phase lr.
     """
-    if isinstance(scheduler, LambdaLR):
-        return base_lr * scheduler.lr_lambdas[-1](scheduler.last_epoch)
-    if isinstance(scheduler, MultiplicativeLR):
-        # The same multiplications in the same order as a group stepped from epoch 1 on.
-        lr = base_lr
-        for epoch in range(1, scheduler.last_epoch + 1):
-            lr = lr * scheduler.lr_lambdas[-1](epoch)
-        return lr
-    if isinstance(scheduler, CosineAnnealingWarmRestarts):
-        return (
-            scheduler.eta_min
-            + (base_lr - scheduler.eta_min)
-            * (1 + math.cos(math.pi * scheduler.T_cur / scheduler.T_i))
-            / 2
-        )
-    # StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR, ConstantLR, LinearLR (and e.g.
-    # PolynomialLR): torch's closed form of the schedule, evaluated with the extended base lrs.
-    if hasattr(scheduler, "_get_closed_form_lr"):
-        return scheduler._get_closed_form_lr()[-1]
-    logger.warning(
-        "%s has no closed form: the new param group starts at its phase lr",
-        type(scheduler).__name__,
-    )
-    return base_lr
-
-
-def _extend_to_new_group(scheduler: LRScheduler) -> float:
-    """Make ``scheduler`` cover its optimizer's newest param group; return that group's lr."""
     group = scheduler.optimizer.param_groups[-1]
-    base_lr = group["initial_lr"]
+    lr = base_lr = group["initial_lr"]
     if isinstance(scheduler, ReduceLROnPlateau):
-        # Plateau reductions are events, not a function of the step: the group starts at its lr.
-        scheduler.min_lrs.append(scheduler.min_lrs[-1])
-        lr = base_lr
+        scheduler.min_lrs.append(scheduler.min_lrs[0])
     else:
         scheduler.base_lrs.append(base_lr)
         if isinstance(scheduler, LambdaLR | MultiplicativeLR):
             scheduler.lr_lambdas.append(scheduler.lr_lambdas[-1])
-        lr = _lr_following_schedule(scheduler, base_lr)
+            if apply_lambdas:
+                lr = base_lr * scheduler.lr_lambdas[-1](scheduler.last_epoch)
     group["lr"] = lr
     scheduler._last_lr.append(lr)
     return lr
@@ -230,7 +209,8 @@ def build_phased_lr_schedulers(
     """Build phase 0's schedulers (torchtitan's builder signature and schedule).
 
     The lrs equal torchtitan's ``build_lr_schedulers`` for the same ``[lr_scheduler]`` config,
-    step by step.
+    step by step. The builder's signature carries no ``[phases]`` section: the container's
+    ``apply_lambdas_new_pgs`` is True (the setting's default) until the trainer sets the job's.
     """
     if not isinstance(optimizers, PhasedOptimizersContainer):
         raise TypeError(
@@ -252,12 +232,24 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
     :meth:`step_on_metric` feeds a validation metric to ``ReduceLROnPlateau``; each is a no-op
     for the other kind, so a trainer may call both unconditionally.
 
-    At a transition, after ``optimizers.add_phase``, call :meth:`add_phase`: without a new
-    scheduler the new group follows the running schedule (its ``initial_lr`` is the phase lr, its
-    lr the schedule's value at the current step, lambdas extended: FTS's
-    ``apply_lambdas_new_pgs``), and after an optimizer reinit the schedule keeps running on the
-    rebuilt optimizer with the carried-over lrs. With a new scheduler, that class takes over from
-    the current step.
+    At a transition, after ``optimizers.add_phase``, call :meth:`add_phase`. Without a new
+    scheduler the new group joins the running one as in FTS: its ``initial_lr`` and base lr are
+    the phase lr, lambdas are extended to it, and it starts at the phase lr, times the current
+    lambda value if :attr:`apply_lambdas_new_pgs` and the scheduler has lr lambdas (LambdaLR,
+    MultiplicativeLR, :class:`WarmupStableDecayLR`). From there the scheduler's own rule moves
+    it: chained schedulers (StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR, ConstantLR,
+    LinearLR, MultiplicativeLR) multiply its current lr, so e.g. a StepLR halves the phase lr at
+    its next step boundary; LambdaLR and CosineAnnealingWarmRestarts compute from the base lr,
+    so from the next step on the group is where it would be had it trained from the start; a
+    ReduceLROnPlateau reduces it from its next reduction on. After an optimizer reinit the
+    schedule keeps running on the rebuilt optimizer with the carried-over lrs. With a new
+    scheduler, that class takes over from the current step.
+
+    Known difference from FTS: with ``use_current_optimizer_pg_lrs``, FTS sets each group's lr
+    but leaves its ``initial_lr``, so a new LambdaLR or CosineAnnealingWarmRestarts (which
+    compute from base lrs) restarts the groups at their initial lrs; here the current lrs become
+    the initial and base lrs, so every scheduler starts from them, as FTS's documentation
+    describes the option.
 
     ``state_dict`` is reshard-friendly: one JSON string (no tensors, the same on every rank)
     holding the phase, the active scheduler's class path and init args, and scheduler 0's state
@@ -269,27 +261,35 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
     **Limitations**
     ``titan_phases.schedule.classes.SUPPORTED_LR_SCHEDULERS`` (FTS's list) and their subclasses
     are tested; other schedulers run with a warning (the schedule validator admits them only
-    with ``phases.allow_untested``), and without a closed form a new group starts at its phase
-    lr. ChainedScheduler / SequentialLR are rejected. Init args must be plain values; lambdas
-    (``lr_lambda`` of LambdaLR / MultiplicativeLR) are dotted paths to module-level functions,
-    or ``{function, kwargs}``. A ``ReduceLROnPlateau`` new group starts at its phase lr
-    (earlier reductions are not applied to it). All inner optimizers must share one group
-    layout, which :class:`PhasedOptimizersContainer` guarantees.
+    with ``phases.allow_untested``). ChainedScheduler / SequentialLR are rejected. Init args
+    must be plain values; lambdas (``lr_lambda`` of LambdaLR / MultiplicativeLR) are dotted
+    paths to module-level functions, or ``{function, kwargs}``. A chained scheduler applies its
+    factors to a joining group's phase lr, not to the lr the schedule would have given it
+    (a ConstantLR joined during its constant span ends at the phase lr divided by its factor):
+    that is torch's and FTS's behaviour. All inner optimizers must share one group layout,
+    which :class:`PhasedOptimizersContainer` guarantees.
 
     Args:
         optimizers (PhasedOptimizersContainer): The optimizers to schedule.
         class_path (str): Scheduler class (``torch.optim.lr_scheduler`` name or dotted path).
         init_args (dict[str, Any]): Its init args, except the optimizer.
+        apply_lambdas_new_pgs (bool): FTS's option, ``[phases] apply_lambdas_new_pgs`` (see
+            above); an attribute, so a trainer can set it on a container a TrainSpec built.
     """
 
     schedulers: list[LRScheduler]
 
     def __init__(
-        self, optimizers: PhasedOptimizersContainer, class_path: str, init_args: dict[str, Any]
+        self,
+        optimizers: PhasedOptimizersContainer,
+        class_path: str,
+        init_args: dict[str, Any],
+        apply_lambdas_new_pgs: bool = True,
     ) -> None:
         if len(optimizers) == 0:
             raise ValueError("Must have at least one optimizer to create LRScheduler")
         self.optimizers = optimizers
+        self.apply_lambdas_new_pgs = apply_lambdas_new_pgs
         self.phase = optimizers.phase
         self.scheduler_cls = _import_lr_scheduler_class(class_path)
         self.scheduler_init_args = self._checked_init_args(init_args)
@@ -336,12 +336,15 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
     ) -> None:
         """Schedule phase ``phase``'s new param group; call right after ``optimizers.add_phase``.
 
-        Without ``lr_scheduler`` the running schedule continues and covers the new group. With
-        ``lr_scheduler=(class_path, init_args)`` that scheduler replaces it, starting from the
-        current step; each group's starting lr (which becomes its ``initial_lr`` and base lr)
-        is, in FTS's order of precedence: ``init_pg_lrs[i]`` (one per group, phases 0..phase),
-        else the group's current lr if ``use_current_optimizer_pg_lrs``, else its
-        ``initial_lr`` (for the new group: the phase lr).
+        Without ``lr_scheduler`` the running schedule continues and covers the new group (see
+        the class docstring for its starting lr). With ``lr_scheduler=(class_path, init_args)``
+        that scheduler replaces it, starting from the current step; each group's starting lr
+        (which becomes its ``initial_lr`` and base lr) is, in FTS's order of precedence:
+        ``init_pg_lrs[i]`` (one per group, phases 0..phase), else the group's current lr if
+        ``use_current_optimizer_pg_lrs``, else its ``initial_lr`` (for the new group: the phase
+        lr). :meth:`titan_phases.schedule.ResolvedSchedule.plan` always passes ``init_pg_lrs``
+        unless ``use_current_optimizer_pg_lrs``: the initial lrs FTS would restart the groups
+        at, which after an optimizer reinit are not the ``initial_lr`` the groups carry.
         """
         if phase != self.phase + 1 or self.optimizers.phase != phase:
             raise ValueError(
@@ -359,7 +362,8 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
             scheduler.optimizer = optimizer
 
         if lr_scheduler is None:
-            new_lrs = [_extend_to_new_group(s) for s in self.schedulers]
+            apply_lambdas = self.apply_lambdas_new_pgs
+            new_lrs = [_extend_to_new_group(s, apply_lambdas) for s in self.schedulers]
             description = f"{self.scheduler_cls.__name__} continues, new group lr {new_lrs[0]:g}"
         else:
             class_path, init_args = lr_scheduler
@@ -370,7 +374,7 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
             self.schedulers[:] = [self._instantiate(opt) for opt in self.optimizers]
             description = f"new {scheduler_cls.__name__}{checked_args}"
         self.phase = phase
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if is_rank0():
             logger.info("LR schedulers phase %d: %s", phase, description)
 
     def _set_start_lrs(

@@ -23,14 +23,16 @@ like torchtitan's TensorBoard logs. The file is append-only: a resumed run appen
 steps it repeats, so readers should take the last line for a step (each run starts with a
 ``{"type": "run_start", ...}`` line). Phase transitions and an early end of training add
 ``{"type": "transition", ...}`` and ``{"type": "end", "reason": ...}`` lines.
+Uses torchtitan 0.2.2's private ``torchtitan.components.metrics._get_metrics_rank`` to find the
+rank that writes, so metrics.jsonl comes from the same rank as torchtitan's own logs.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import time
 from typing import Any
 
@@ -138,7 +140,6 @@ class PhaseMetricsProcessor(MetricsProcessor):
         self._extra_step_metrics: dict[str, Any] = {}
         self._hooked_optimizers: Any = None
         self._last_logged_step = 0
-        self.last_validation: tuple[int, float] | None = None
         # Trainable params and optimizer state bytes change only when a phase starts (and its
         # first optimizer step creates state); measured once per phase, not every step.
         self._phase_metrics: dict[str, int] | None = None
@@ -174,16 +175,12 @@ class PhaseMetricsProcessor(MetricsProcessor):
             if torch.accelerator.is_available()
             else torch.device("cpu")
         )
-        local = torch.tensor([optimizer_state_bytes(self.optimizers)], dtype=torch.int64, device=device)
+        local = torch.tensor(
+            [optimizer_state_bytes(self.optimizers)], dtype=torch.int64, device=device
+        )
         gathered = [torch.zeros_like(local) for _ in range(torch.distributed.get_world_size())]
         torch.distributed.all_gather(gathered, local)
         return {f"{_STATE_BYTES_PREFIX}{rank}": int(t.item()) for rank, t in enumerate(gathered)}
-
-    def log_validation(
-        self, loss: float, step: int, extra_metrics: dict[str, Any] | None = None
-    ) -> None:
-        self.last_validation = (step, float(loss))
-        super().log_validation(loss, step, extra_metrics)
 
     def log_event(self, record: dict[str, Any]) -> None:
         """Write a non-metric record (a phase transition, the end of training) to metrics.jsonl."""
@@ -195,11 +192,16 @@ class PhaseMetricsProcessor(MetricsProcessor):
         self._last_logged_step = step
         self.time_last_log = time.perf_counter()
 
-    def phase_changed(self) -> None:
-        """The trainable set changed (a transition, a resume): measure it again at the next log.
+    def phase_started(self, phase: int, flops_per_token: int) -> None:
+        """A phase starts (at a transition, or when a run starts or resumes in it).
 
-        Call on every rank: the next log then gathers state sizes from all ranks.
+        Reports ``phase`` with every logged step, bases MFU on the phase's own FLOPs per token
+        (torchtitan's count assumes every parameter trains), and measures the trainable set
+        and optimizer state again at the next log. Call on every rank: that log gathers state
+        sizes from all ranks.
         """
+        self.add_step_metrics({"phase": phase})
+        self.num_flops_per_token = flops_per_token
         self._phase_metrics = None
 
     def add_step_metrics(self, metrics: dict[str, Any]) -> None:

@@ -9,57 +9,64 @@ a ``TrainSpec`` as ``build_optimizers_fn``.
 At a transition the trainer thaws the phase's params and calls
 :meth:`PhasedOptimizersContainer.add_phase`; on resume it rebuilds the same structure with the
 same calls (no training steps are replayed) and then loads the checkpoint. See the class
-docstring for the exact sequences.
+docstring for the exact sequences. What the container saves, and how it is read before loading,
+is :mod:`titan_phases.components.checkpoint`.
+
+**Limitations** (private torch/torchtitan API this module relies on; check on upgrades)
+* ``torch.distributed.checkpoint.state_dict._get_fqns``: DCP's parameter-name
+  canonicalisation, so per-parameter keys match DCP's optimizer keys.
+* ``OptimizersContainer._post_init``: overridden, and the base ``__init__`` is not called. The
+  base builds one optimizer per part from a bare parameter list, which fails for a part with no
+  trainable parameter and cannot tag groups with their phase; ``_post_init`` is where torchtitan
+  runs ``Optimizer.__init__`` on the container to set up its hooks, and this container does the
+  same there.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.checkpoint.api import CheckpointException
 
 # DCP's own parameter-name canonicalisation (strips activation-checkpoint and torch.compile
 # wrapper prefixes); using it keeps our per-parameter keys identical to DCP's optimizer keys.
-from torch.distributed.checkpoint.state_dict import _get_fqns
 from torch.distributed.checkpoint.state_dict import (
+    _get_fqns,
     get_optimizer_state_dict,
     set_optimizer_state_dict,
     StateDictOptions,
 )
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
-
 from torchtitan.components.ft import FTManager
 from torchtitan.components.optimizer import OptimizersContainer
 from torchtitan.config import Optimizer as OptimizerConfig
 from torchtitan.distributed import ParallelDims
 
-from titan_phases.components.checkpoint_entries import entry_names, read_entries
-from titan_phases.components.thaw import refresh_fsdp_mixed_precision
-from titan_phases.schedule.classes import import_class
+from titan_phases.components.checkpoint import (
+    decode_metadata,
+    encode_state,
+    entry_names,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    OPTIMIZER_KEY,
+    PhaseMismatchError,
+    PLACEHOLDER_KEY_PREFIX,
+    read_optimizer_metadata,
+)
+from titan_phases.runtime.ranks import is_rank0
+from titan_phases.schedule.classes import class_path_of, import_class_path, OPTIMIZER_MODULE
 
 __all__ = [
     "PHASE_KEY",
-    "PhaseMismatchError",
     "PhasedOptimizersContainer",
     "build_phased_optimizers",
-    "check_format_version",
-    "class_path_of",
-    "decode_metadata",
-    "decode_state",
-    "encode_state",
-    "import_class_path",
     "optimizer_from_config",
-    "read_checkpoint_phase",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,86 +74,7 @@ logger = logging.getLogger(__name__)
 PHASE_KEY = "phase"
 """Param-group key naming the phase whose params the group holds (group ``i`` has phase ``i``)."""
 
-METADATA_KEY = "titan_phases.meta"
-"""State-dict key of the container's own metadata, a JSON string (see :func:`encode_state`)."""
-
-PLACEHOLDER_KEY_PREFIX = "titan_phases.placeholder."
-"""Prefix of the per-parameter flags (``prefix + FQN``) marking placeholder optimizer state."""
-
-FORMAT_VERSION = 1
-
 _FLAT_OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
-
-
-class PhaseMismatchError(ValueError):
-    """Saved optimizer / lr-scheduler state does not fit the live phase structure."""
-
-
-def class_path_of(cls: type) -> str:
-    """The dotted path under which ``cls`` is importable, e.g. ``torch.optim.adamw.AdamW``."""
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def import_class_path(
-    path: str, base: type | tuple[type, ...], default_module: str, kind: str
-) -> type:
-    """Import the ``base`` subclass at dotted ``path`` (a bare name: from ``default_module``).
-
-    Uses the schedule validator's importer, so what validates is what runs. Raises ImportError
-    or TypeError.
-    """
-    return import_class(path if "." in path else f"{default_module}.{path}", base, kind)
-
-
-# --- metadata codec -------------------------------------------------------------------------
-# Metadata is stored as one JSON string per key, so DCP saves it as a single opaque value: its
-# key set never depends on the optimizer class or the scheduler, every rank writes the same
-# bytes (DCP keeps one copy), and floats round-trip exactly. JSON has no tuples, non-string
-# keys or Counters (betas, MultiStepLR milestones), hence the small tagged encoding.
-
-
-def _to_jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, tuple):
-        return {"__tuple__": [_to_jsonable(v) for v in value]}
-    if isinstance(value, list):
-        return [_to_jsonable(v) for v in value]
-    if isinstance(value, Counter):
-        return {"__counter__": [[_to_jsonable(k), n] for k, n in value.items()]}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) and not k.startswith("__") for k in value):
-            return {k: _to_jsonable(v) for k, v in value.items()}
-        return {"__items__": [[_to_jsonable(k), _to_jsonable(v)] for k, v in value.items()]}
-    raise TypeError(
-        f"cannot store a {type(value).__name__} in titan_phases metadata: only plain values "
-        "(numbers, strings, bools, None, lists, tuples, dicts) are supported; give callables "
-        "such as lr lambdas as dotted paths"
-    )
-
-
-def _from_jsonable(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_from_jsonable(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if "__tuple__" in value:
-        return tuple(_from_jsonable(v) for v in value["__tuple__"])
-    if "__counter__" in value:
-        return Counter({_from_jsonable(k): n for k, n in value["__counter__"]})
-    if "__items__" in value:
-        return {_from_jsonable(k): _from_jsonable(v) for k, v in value["__items__"]}
-    return {k: _from_jsonable(v) for k, v in value.items()}
-
-
-def encode_state(value: Any) -> str:
-    """Encode plain Python state (numbers, strings, lists, tuples, dicts, Counters) as JSON."""
-    return json.dumps(_to_jsonable(value))
-
-
-def decode_state(text: str) -> Any:
-    """Inverse of :func:`encode_state`."""
-    return _from_jsonable(json.loads(text))
 
 
 # --- builder --------------------------------------------------------------------------------
@@ -160,7 +88,7 @@ def optimizer_from_config(config: OptimizerConfig) -> tuple[type[Optimizer], dic
     and AdamW exactly the kwargs torchtitan's ``build_optimizers`` passes); fields the class
     has no argument for (e.g. ``beta1`` for SGD) are ignored with an INFO message.
     """
-    optimizer_cls = import_class_path(config.name, Optimizer, "torch.optim", "an optimizer")
+    optimizer_cls = import_class_path(config.name, Optimizer, OPTIMIZER_MODULE, "an optimizer")
     accepted = inspect.signature(optimizer_cls.__init__).parameters
     fields = {
         "lr": ("lr", config.lr),
@@ -235,54 +163,6 @@ def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in group.items() if k != "params"}
 
 
-def _is_rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _read_saved_metadata(checkpoint_id: str | os.PathLike, key: str) -> dict[str, Any]:
-    target = {key: {METADATA_KEY: ""}}
-    try:
-        read_entries(target, checkpoint_id)
-    except CheckpointException as exc:
-        raise ValueError(
-            f"checkpoint {checkpoint_id} has no titan_phases optimizer metadata under '{key}' "
-            f"(was it saved by a PhasedOptimizersContainer?): {exc}"
-        ) from None
-    saved = decode_state(target[key][METADATA_KEY])
-    check_format_version(saved, "optimizer")
-    return saved
-
-
-def check_format_version(saved: dict[str, Any], what: str) -> None:
-    """Refuse metadata written by a newer, incompatible titan_phases."""
-    if saved.get("format_version", 0) > FORMAT_VERSION:
-        raise PhaseMismatchError(
-            f"{what} state has format version {saved['format_version']}, newer than this "
-            f"titan_phases understands ({FORMAT_VERSION}); upgrade titan_phases to load it"
-        )
-
-
-def decode_metadata(state_dict: dict[str, Any], what: str, container: str, live_phase: int) -> dict[str, Any]:
-    """The container metadata in ``state_dict``, checked to be ours and not from a newer format."""
-    if METADATA_KEY not in state_dict:
-        raise PhaseMismatchError(
-            f"{what} state has no '{METADATA_KEY}': it was not saved by a {container} "
-            f"(live phase {live_phase})"
-        )
-    saved = decode_state(state_dict[METADATA_KEY])
-    check_format_version(saved, what)
-    return saved
-
-
-def read_checkpoint_phase(checkpoint_id: str | os.PathLike, key: str = "optimizer") -> int:
-    """The phase a DCP checkpoint's optimizer was saved in, read without loading any tensors.
-
-    ``key`` is the checkpoint key of the optimizer state (torchtitan's CheckpointManager uses
-    ``"optimizer"``). Needs no process group.
-    """
-    return int(_read_saved_metadata(checkpoint_id, key)["phase"])
-
-
 class PhasedOptimizersContainer(OptimizersContainer):
     """torchtitan ``OptimizersContainer`` whose param groups follow the thawing phases.
 
@@ -298,10 +178,12 @@ class PhasedOptimizersContainer(OptimizersContainer):
         lr_schedulers.add_phase(k, lr_scheduler=None | (class_path, init_args),
                                 init_pg_lrs=..., use_current_optimizer_pg_lrs=...)
 
-    Resume: read the saved phase (:func:`read_checkpoint_phase`), freeze to phase 0, build with
-    the builders, then thaw and call both ``add_phase`` methods for phases 1..saved exactly as
-    during training, then load the checkpoint (``CheckpointManager.load``). Loading restores
-    state, every group's hyperparameters and the scheduler position; nothing is replayed.
+    Resume: read the saved phase
+    (:func:`~titan_phases.components.checkpoint.read_checkpoint_phase`), freeze to phase 0,
+    build with the builders, then thaw and call both ``add_phase`` methods for phases 1..saved
+    exactly as during training (:mod:`titan_phases.components.resume`), then load the
+    checkpoint (``CheckpointManager.load``). Loading restores state, every group's
+    hyperparameters and the scheduler position; nothing is replayed.
 
     ``state_dict`` / ``load_state_dict`` use DCP's flattened optimizer state (reshardable to any
     number of ranks, like torchtitan's) plus this container's metadata: the phase, optimizer
@@ -394,8 +276,8 @@ class PhasedOptimizersContainer(OptimizersContainer):
         With FSDP2, collect the params while every FSDP module is resharded
         (:func:`titan_phases.components.thaw.reshard_fsdp_modules`), otherwise a root
         left unsharded by a forward without backward yields unsharded tensors, which are
-        rejected here. This also refreshes FSDP2's mixed-precision dtypes for the newly
-        trainable params (:func:`~titan_phases.components.thaw.refresh_fsdp_mixed_precision`).
+        rejected here. The whole sequence, FSDP2's mixed-precision refresh included, is
+        :func:`titan_phases.components.transition.enter_phase`.
 
         Without ``optimizer`` the new group takes ``lr`` (as ``lr`` and ``initial_lr``) and the
         other hyperparameters of the previous group; all existing state is kept. With
@@ -439,13 +321,12 @@ class PhasedOptimizersContainer(OptimizersContainer):
         else:
             class_path, init_args = optimizer
             encode_state(init_args)
-            new_cls = import_class_path(class_path, Optimizer, "torch.optim", "an optimizer")
+            new_cls = import_class_path(class_path, Optimizer, OPTIMIZER_MODULE, "an optimizer")
             phase_lr = self._configured_lr(new_cls, init_args) if lr is None else float(lr)
             self._rebuild(new_cls, dict(init_args), phase, params_per_part, phase_lr)
 
-        refresh_fsdp_mixed_precision(self.model_parts)
         self.phase = phase
-        if _is_rank0():
+        if is_rank0():
             logger.info(
                 "Optimizer phase %d: %d new params at lr %g (%s)",
                 phase,
@@ -671,7 +552,9 @@ class PhasedOptimizersContainer(OptimizersContainer):
             if state_dict[PLACEHOLDER_KEY_PREFIX + fqns[param]]
         }
 
-    def verify_checkpoint(self, checkpoint_id: str | os.PathLike, key: str = "optimizer") -> None:
+    def verify_checkpoint(
+        self, checkpoint_id: str | os.PathLike, key: str = OPTIMIZER_KEY
+    ) -> None:
         """Raise :class:`PhaseMismatchError` unless checkpoint ``checkpoint_id`` fits the optimizer.
 
         Compares the saved phase, optimizer class and optimized parameters (those of this
@@ -680,7 +563,7 @@ class PhasedOptimizersContainer(OptimizersContainer):
         params) otherwise fails inside DCP with "Missing key" (``CheckpointException``), and one
         optimizing fewer params would load with their state silently dropped.
         """
-        saved = _read_saved_metadata(checkpoint_id, key)
+        saved = read_optimizer_metadata(checkpoint_id, key)
         self._check_saved(saved)
         prefix, suffix = f"{key}.param_groups.", f".{PHASE_KEY}"
         saved_fqns = {

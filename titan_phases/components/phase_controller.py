@@ -1,7 +1,8 @@
 """PhaseController: which phase a job is in, when it moves on, and the record of how it got there.
 
 The controller decides; the trainer acts. It is Stateful and is saved in every DCP checkpoint
-under :data:`CHECKPOINT_KEY`, so a resumed job knows its phase before it builds anything.
+under ``phases`` (:data:`~titan_phases.components.checkpoint.PHASES_KEY`), so a resumed job
+knows its phase before it builds anything.
 
 Transitions are decided *between* steps: after step ``S`` has been trained, checkpointed and
 validated, :meth:`PhaseController.due` says whether step ``S + 1`` belongs to the next phase.
@@ -10,7 +11,7 @@ from step ``S`` makes the same decision at the same point as one that never stop
 
 A phase ends after its ``max_transition_step`` (the last step it trains), or earlier when its
 validation loss plateaus (with plateau transitions on, see
-:mod:`titan_phases.components.early_stopping`). The final phase runs to the end of training,
+:mod:`titan_phases.components.plateau`). The final phase runs to the end of training,
 unless it plateaus: then the controller asks to stop, with the reason.
 
 The controller also remembers the best validation loss of the current phase and the step it
@@ -30,9 +31,10 @@ from typing import Any
 
 from torch.distributed.checkpoint.stateful import Stateful
 
-from titan_phases.components.early_stopping import PlateauTracker
+from titan_phases.components.plateau import PlateauTracker
+from titan_phases.config import Phases
+from titan_phases.schedule import ResolvedSchedule
 
-CHECKPOINT_KEY = "phases"
 REASON_STEP = "max_transition_step"
 REASON_PLATEAU = "validation plateau"
 
@@ -49,6 +51,16 @@ class Transition:
     """Last step trained in ``from_phase``."""
     reason: str
 
+    def event(self) -> dict[str, Any]:
+        """The transition's metrics.jsonl record."""
+        return {
+            "type": "transition",
+            "step": self.after_step,
+            "from_phase": self.from_phase,
+            "to_phase": self.to_phase,
+            "reason": self.reason,
+        }
+
 
 def phase_fingerprints(phase_params: Sequence[Sequence[str]]) -> list[str]:
     """One digest per phase of the parameter names it thaws (order-insensitive)."""
@@ -56,6 +68,19 @@ def phase_fingerprints(phase_params: Sequence[Sequence[str]]) -> list[str]:
         hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
         for names in phase_params
     ]
+
+
+def build_phase_controller(
+    schedule: ResolvedSchedule, phases_config: Phases, validation_enabled: bool
+) -> PhaseController:
+    """The controller for a job's resolved schedule and ``[phases]`` settings."""
+    mode = phases_config.effective_transition_mode(validation_enabled)
+    return PhaseController(
+        [p.max_transition_step for p in schedule.phases],
+        schedule.phase_params,
+        PlateauTracker(phases_config.patience, phases_config.min_delta, phases_config.mode),
+        plateau_transitions=mode in ("plateau", "both"),
+    )
 
 
 class PhaseController(Stateful):
@@ -113,8 +138,12 @@ class PhaseController(Stateful):
                 self.stop_reason = (
                     f"validation loss plateaued in the final phase {self.phase}: "
                     f"{self.plateau.bad_validations} validations without improvement "
-                    f"(patience {self.plateau.patience}), best {self.plateau.best:.6g} "
-                    f"after step {self.plateau.best_step}"
+                    f"(patience {self.plateau.patience}), "
+                    + (
+                        f"best {self.plateau.best:.6g} after step {self.plateau.best_step}"
+                        if self.plateau.best_step is not None
+                        else "no finite validation loss"
+                    )
                 )
             else:
                 self.request_transition(REASON_PLATEAU)

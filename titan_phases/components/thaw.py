@@ -15,23 +15,21 @@ all-gather. Three FSDP2 behaviours shape this module:
   trainable *then*. A module entirely frozen at that point gets none, so with
   ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` its first backward after a thaw
   fails ("attempting to assign a gradient with dtype BFloat16 to a tensor with grad_dtype
-  Float"). :func:`refresh_fsdp_mixed_precision` recomputes the dtypes;
-  ``PhasedOptimizersContainer.add_phase`` calls it.
+  Float"). :func:`refresh_fsdp_mixed_precision` recomputes the dtypes.
 * Backward prefetch all-gathers the block below the current one, even when that block is
   frozen and backward never reaches it. :func:`limit_backward_all_gathers` prevents that.
 
-Sequence at a transition::
-
-    set_trainable(model_parts, names_trainable_from_now_on)
-    optimizers.add_phase(phase, parameters_named(model_parts, new_names), lr)
-    limit_backward_all_gathers(model_parts)
+:func:`titan_phases.components.transition.enter_phase` runs these in order at every
+transition, with the optimizer and LR scheduler containers.
 
 **Limitations**
-``limit_backward_all_gathers`` understands the usual transformer layout: FSDP-wrapped blocks in
-one ``layers`` container (``ModuleDict`` or ``ModuleList``) registered in forward order, with
-embeddings registered before it. Other layouts keep FSDP2's default behaviour.
-:func:`refresh_fsdp_mixed_precision` calls FSDP2's private ``_init_mp_dtypes`` (the same method
-its lazy init runs); it can go once FSDP2 re-derives the dtypes when ``requires_grad`` changes.
+``limit_backward_all_gathers`` understands blocks as :mod:`titan_phases.schedule.blocks`
+defines them, FSDP-wrapped as whole blocks, with what is registered before the first block
+(embeddings) below them in forward order. Other layouts keep FSDP2's default behaviour.
+:func:`refresh_fsdp_mixed_precision` relies on FSDP2 internals (private in torch 2.13): the
+module's ``_get_fsdp_state()``, its ``_fsdp_param_groups`` (``_fsdp_param_group`` before torch
+2.13) and each group's ``_init_mp_dtypes`` (the method FSDP2's lazy init runs); it can go once
+FSDP2 re-derives the dtypes when ``requires_grad`` changes.
 """
 
 from __future__ import annotations
@@ -43,7 +41,8 @@ from dataclasses import dataclass
 import torch.nn as nn
 from torch.distributed.fsdp import FSDPModule
 
-from titan_phases.schedule import canonical_param_name
+from titan_phases.schedule.blocks import block_modules, first_block_position
+from titan_phases.schedule.matching import canonical_param_name
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class ThawCount:
     elements: int
 
 
-def named_parameters(model_parts: Iterable[nn.Module]) -> dict[str, nn.Parameter]:
+def params_by_name(model_parts: Iterable[nn.Module]) -> dict[str, nn.Parameter]:
     """Canonical name -> parameter over all model parts (each part holds distinct names)."""
     return {
         canonical_param_name(name): param
@@ -98,7 +97,7 @@ def set_trainable(model_parts: list[nn.Module], trainable: Iterable[str]) -> Tha
     reshard_fsdp_modules(model_parts)
     wanted = set(trainable)
     tensors = elements = 0
-    for name, param in named_parameters(model_parts).items():
+    for name, param in params_by_name(model_parts).items():
         param.requires_grad_(name in wanted)
         if name in wanted:
             tensors += 1
@@ -106,7 +105,9 @@ def set_trainable(model_parts: list[nn.Module], trainable: Iterable[str]) -> Tha
     return ThawCount(tensors, elements)
 
 
-def parameters_named(model_parts: list[nn.Module], names: Iterable[str]) -> list[list[nn.Parameter]]:
+def params_per_part(
+    model_parts: list[nn.Module], names: Iterable[str]
+) -> list[list[nn.Parameter]]:
     """Per model part, its parameters among ``names`` in the part's own order."""
     wanted = set(names)
     return [
@@ -118,20 +119,11 @@ def parameters_named(model_parts: list[nn.Module], names: Iterable[str]) -> list
 def _blocks(model: nn.Module) -> tuple[list[nn.Module], bool]:
     """The model's blocks in forward order, and whether a parameter registered before them
     (e.g. the token embedding) is trainable."""
-    layers = getattr(model, "layers", None)
-    if isinstance(layers, nn.ModuleDict):
-        blocks = list(layers.values())
-    elif isinstance(layers, nn.ModuleList):
-        blocks = list(layers)
-    else:
+    params = list(model.named_parameters())
+    first = first_block_position([name for name, _ in params])
+    if first is None:
         return [], False
-    first_block_params = {id(p) for p in blocks[0].parameters()} if blocks else set()
-    before_trains = False
-    for param in model.parameters():
-        if id(param) in first_block_params:
-            break
-        before_trains = before_trains or param.requires_grad
-    return blocks, before_trains
+    return block_modules(model), any(p.requires_grad for _, p in params[:first])
 
 
 def limit_backward_all_gathers(model_parts: list[nn.Module]) -> None:

@@ -1,4 +1,4 @@
-"""The ``[phases]`` section of a torchtitan job config.
+"""The ``[phases]`` and ``[pretrained]`` sections of a torchtitan job config.
 
 Use it as torchtitan's custom config module::
 
@@ -20,8 +20,6 @@ together with the schedule, and reports every problem at once. Nothing here vali
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from titan_phases.pretrained import PretrainedStage
 
 
 @dataclass
@@ -84,6 +82,28 @@ class Phases:
     ``init_pg_lrs`` is not allowed here (the number of param groups grows with each phase).
     """
 
+    base_max_lr: float = 0.0
+    """
+    Generated schedules only: the ``lr`` of the param group each phase >= 1 adds (FTS's
+    ``base_max_lr``, 1e-5 by default there). 0 leaves it unset: such a group then takes the
+    current optimizer's lr (``[optimizer] lr``, or the ``lr`` of ``reinit_optimizer``).
+    ``lr_scale`` applies to it like to every initial lr.
+    """
+
+    apply_lambdas_new_pgs: bool = True
+    """
+    FTS's ``apply_lambdas_new_pgs``, for a param group that joins a running LR scheduler (a
+    phase without ``new_lr_scheduler``). True: when that scheduler has lr lambdas (LambdaLR,
+    MultiplicativeLR and torchtitan's warmup-stable-decay, which is phase 0's), the group starts
+    at its lr times the current lambda value, as if it had followed the lambda from step 1
+    (for MultiplicativeLR: times the current step's factor only, as in FTS). False (FTS's
+    default): it starts at its lr and the lambda applies from the next step on. Other schedulers
+    are unaffected either way: the group starts at its lr and the scheduler goes on from there
+    (a StepLR halves it at its next step boundary). Unlike FTS, True is the default here: phase
+    0 always runs a lambda schedule, and True keeps a new group on its warmup/decay from its
+    first step. Set false to reproduce FTS runs made with FTS's default.
+    """
+
     allow_untested: bool = False
     """
     Allow LR scheduler classes outside the tested list (LambdaLR, MultiplicativeLR, StepLR,
@@ -117,11 +137,37 @@ class Phases:
     Needs ``[validation] enable = true`` and ``[checkpoint] enable = true``.
     """
 
+    nonfinite_loss: Literal["stop", "warn"] = "stop"
+    """
+    What a NaN or infinite training loss on any rank does:
+    - 'stop': training ends after that step, before it is saved (exit code 3); the newest
+      checkpoint then holds the last finite state, and none is rotated out by keep_latest_k.
+    - 'warn': it is logged and training goes on. Non-finite validation losses are ignored
+      either way (no plateau count, no best state).
+    """
+
     def effective_transition_mode(self, validation_enabled: bool) -> str:
         """``transition_mode`` with 'auto' resolved against ``[validation] enable``."""
         if self.transition_mode == "auto":
             return "both" if validation_enabled else "step"
         return self.transition_mode
+
+
+@dataclass
+class PretrainedStage:
+    """Where a fine-tuning job's initial checkpoint comes from when it does not exist yet.
+
+    ``run_train.sh`` runs the recipe first (through ``python -m titan_phases.prepare``); the
+    default fine-tune uses this to pretrain the llama3 debug model once on the embedded
+    Python-docs corpus, and later runs reuse the checkpoint.
+    """
+
+    recipe: str = ""
+    """
+    Job config (TOML) that produces ``checkpoint.initial_load_path`` when that path does not
+    exist. Relative paths are relative to the current directory, like torchtitan's paths.
+    Leave empty to require the initial checkpoint to exist.
+    """
 
 
 @dataclass

@@ -19,6 +19,8 @@ callbacks do not run. Whatever must reach disk has to be closed before (torchtit
 ``Trainer.close()`` closes the checkpointer and the metric writers). An uncaught exception
 still leaves through the normal interpreter exit, so a job that already failed may report
 SIGABRT instead of exit code 1; its traceback is printed before that either way.
+Relies on two private CPython helpers, the ones a normal exit runs: ``threading._shutdown``
+and ``atexit._run_exitfuncs``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ import os
 import sys
 import threading
 from typing import NoReturn
+
+EXIT_INVALID_INPUT = 2
+"""Exit code of every titan_phases entry point for a user's mistake (config, schedule, flags,
+files, a checkpoint the schedule cannot resume); nothing was run or written."""
+
+EXIT_DIVERGED = 3
+"""Training stopped at a non-finite loss, before saving that step (``phases.nonfinite_loss``)."""
+
+EXIT_PREEMPTED = 75
+"""SIGTERM: the step in progress was finished and saved in full; rerun the same command to
+continue. 75 is EX_TEMPFAIL of BSD's sysexits, "try again later"."""
 
 
 def exit_process(code: int) -> NoReturn:

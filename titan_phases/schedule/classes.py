@@ -71,6 +71,27 @@ def import_class(path: str, base: type | tuple[type, ...], kind: str) -> type:
     return obj
 
 
+OPTIMIZER_MODULE = "torch.optim"
+LR_SCHEDULER_MODULE = "torch.optim.lr_scheduler"
+
+
+def qualified_class_path(path: str, default_module: str) -> str:
+    """``path`` as a dotted path: a bare name (``"AdamW"``) is looked up in ``default_module``."""
+    return path if "." in path else f"{default_module}.{path}"
+
+
+def class_path_of(cls: type) -> str:
+    """The dotted path under which ``cls`` is importable, e.g. ``torch.optim.adamw.AdamW``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def import_class_path(
+    path: str, base: type | tuple[type, ...], default_module: str, kind: str
+) -> type:
+    """:func:`import_class` for a dotted path or a bare name from ``default_module``."""
+    return import_class(qualified_class_path(path, default_module), base, kind)
+
+
 def _lambda_from_spec(spec: Any) -> Any:
     """``"pkg.mod.fn"`` or ``{function = "pkg.mod.fn", kwargs = {...}}`` -> a callable that
     pickles by reference (checkpoints store the scheduler state, lambdas included)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from titan_phases.config import UnknownKey
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -30,14 +32,21 @@ class Problem:
         return f"{text} -> {self.hint}" if self.hint else text
 
 
+def unknown_key_problems(unknown: Iterable[UnknownKey]) -> list[Problem]:
+    """The job TOML's unknown keys as problems, to report with the schedule's."""
+    return [
+        Problem(u.where, None, u.key, "no config section has this key", u.hint) for u in unknown
+    ]
+
+
 class ScheduleError(ValueError):
     """A schedule or its settings are invalid; ``problems`` lists every problem found."""
 
-    def __init__(self, problems: Iterable[Problem]):
+    def __init__(self, problems: Iterable[Problem], what: str = "phase schedule"):
         self.problems = list(problems)
         count = len(self.problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid phase schedule ({count} problem{'s' * (count != 1)}):\n{lines}")
+        super().__init__(f"invalid {what} ({count} problem{'s' * (count != 1)}):\n{lines}")
 
 
 class Problems:

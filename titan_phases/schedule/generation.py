@@ -5,18 +5,17 @@ norm), the next phases thaw the blocks from the top down, ``blocks_per_phase`` a
 the last phase thaws what comes before the blocks (embeddings). FTS's generator thaws two
 parameter tensors per phase instead, which splits blocks across phases.
 
-Blocks are found from parameter names: the first all-digit path segment marks a block
-(``layers.3.attention.wq.weight`` is in block 3 of ``layers``). Modules registered between two
+Blocks are what :mod:`titan_phases.schedule.blocks` says they are. Modules registered between two
 blocks, or a model without numbered blocks, are handled by treating each such top-level module
 as one unit, thawed in reverse registration order like a block.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .blocks import block_of, block_pattern
 from .errors import Problems
 from .schema import LRSchedulerInit, OptimizerInit, Phase, PhaseSchedule, running_phase_count
 
@@ -31,20 +30,9 @@ class _Unit:
 def _units(names: Sequence[str]) -> list[_Unit]:
     units: dict[tuple[str, int | None], _Unit] = {}
     for name in names:
-        parts = name.split(".")
-        digit = next((i for i, p in enumerate(parts) if i > 0 and p.isdigit()), None)
-        if digit is None:
-            key: tuple[str, int | None] = (parts[0], None)
-        else:
-            key = (".".join(parts[:digit]), int(parts[digit]))
+        key: tuple[str, int | None] = block_of(name) or (name.split(".")[0], None)
         units.setdefault(key, _Unit(key[0], key[1], [])).names.append(name)
     return list(units.values())
-
-
-def _block_pattern(blocks: Sequence[_Unit]) -> str:
-    indices = "|".join(str(b.index) for b in sorted(blocks, key=lambda b: b.index))
-    indices = indices if len(blocks) == 1 else f"({indices})"
-    return rf"{re.escape(blocks[0].prefix)}\.{indices}\..+"
 
 
 def _patterns(group: Sequence[_Unit]) -> tuple[str, ...]:
@@ -59,7 +47,7 @@ def _patterns(group: Sequence[_Unit]) -> tuple[str, ...]:
         j = i + 1
         while j < len(group) and group[j].index is not None and group[j].prefix == group[i].prefix:
             j += 1
-        patterns.append(_block_pattern(group[i:j]))
+        patterns.append(block_pattern(group[i].prefix, [b.index for b in group[i:j]]))
         i = j
     return tuple(patterns)
 
@@ -106,14 +94,16 @@ def generate_schedule(
     steps_per_phase: int,
     reinit_optimizer: OptimizerInit | None,
     reinit_lr_scheduler: LRSchedulerInit | None,
+    base_max_lr: float = 0.0,
     source: str,
     problems: Problems,
 ) -> PhaseSchedule:
     """Build the implicit schedule for a model with ``param_names`` (canonical, model order).
 
-    Reinit configs are put into every phase >= 1. Transition steps are valid by construction;
-    when ``training.steps`` is too short to give each running phase a step, that is reported
-    into ``problems``.
+    Reinit configs are put into every phase >= 1, and so is ``lr = base_max_lr`` when it is
+    set (> 0; FTS's ``base_max_lr``). Transition steps are valid by construction; when
+    ``training.steps`` is too short to give each running phase a step, that is reported into
+    ``problems``.
     """
     groups = phase_groups(param_names, blocks_per_phase)
     n_running = running_phase_count(len(groups), max_depth)
@@ -134,6 +124,7 @@ def generate_schedule(
             index=k,
             params=tuple(patterns),
             max_transition_step=steps[k],
+            lr=base_max_lr if k > 0 and base_max_lr > 0 else None,
             new_optimizer=reinit_optimizer if k > 0 else None,
             new_lr_scheduler=reinit_lr_scheduler if k > 0 else None,
         )

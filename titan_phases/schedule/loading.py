@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import classes
 from .errors import Problem, Problems, ScheduleError
 from .schema import LRSchedulerInit, OptimizerInit, Phase, PhaseSchedule
 
@@ -38,9 +39,6 @@ _FTS_KEY_HINTS = {
     "lr_scheduler_init": "put class_path and init_args directly under new_lr_scheduler",
     "pl_lrs_cfg": "remove it: torchtitan steps LR schedulers once per training step",
 }
-
-_OPTIMIZER_MODULE = "torch.optim"
-_LR_SCHEDULER_MODULE = "torch.optim.lr_scheduler"
 
 
 def resolve_schedule_path(schedule_file: str, config_path: str | None) -> Path:
@@ -71,8 +69,18 @@ def read_schedule_file(path: str | Path) -> dict[str, Any]:
         problem = Problem(source, None, "phases.schedule_file", "file not found",
                           "check the path (relative paths: next to the job config, then the "
                           "working directory)")
+    except IsADirectoryError:
+        problem = Problem(source, None, "phases.schedule_file", "is a directory, not a file",
+                          "name the schedule TOML file itself")
+    except OSError as e:
+        problem = Problem(source, None, "phases.schedule_file",
+                          f"cannot be read: {e.strerror or e}",
+                          "check the file's permissions, or name another file")
     except tomllib.TOMLDecodeError as e:
         problem = Problem(source, None, "(file)", f"not valid TOML: {e}", "fix the syntax")
+    except UnicodeDecodeError as e:
+        problem = Problem(source, None, "(file)", f"not UTF-8 text: {e.reason}",
+                          "save the schedule as UTF-8 TOML")
     raise ScheduleError([problem])
 
 
@@ -114,8 +122,7 @@ def _class_path(value: Any, default_module: str, source: str, phase: int | None,
             f'e.g. class_path = "{default_module}.<Name>"',
         )
         return None
-    value = value.strip()
-    return value if "." in value else f"{default_module}.{value}"
+    return classes.qualified_class_path(value.strip(), default_module)
 
 
 def _init_args(value: Any, source: str, phase: int | None, key: str,
@@ -149,7 +156,7 @@ def _class_table(raw: Any, keys: Any, module: str, class_hint: str, source: str,
 def parse_optimizer_init(raw: Any, source: str, phase: int | None, prefix: str,
                          problems: Problems) -> OptimizerInit | None:
     """Parse ``{class_path, init_args}`` for a new optimizer; ``prefix`` names it in messages."""
-    parsed = _class_table(raw, OPTIMIZER_KEYS, _OPTIMIZER_MODULE,
+    parsed = _class_table(raw, OPTIMIZER_KEYS, classes.OPTIMIZER_MODULE,
                           'add class_path = "torch.optim.<Name>"', source, phase, prefix, problems)
     if parsed is None or None in parsed:
         return None
@@ -159,7 +166,7 @@ def parse_optimizer_init(raw: Any, source: str, phase: int | None, prefix: str,
 def parse_lr_scheduler_init(raw: Any, source: str, phase: int | None, prefix: str,
                             problems: Problems) -> LRSchedulerInit | None:
     """Parse ``{class_path, init_args, init_pg_lrs, use_current_optimizer_pg_lrs}``."""
-    parsed = _class_table(raw, LR_SCHEDULER_KEYS, _LR_SCHEDULER_MODULE,
+    parsed = _class_table(raw, LR_SCHEDULER_KEYS, classes.LR_SCHEDULER_MODULE,
                           'add class_path = "torch.optim.lr_scheduler.<Name>"', source, phase,
                           prefix, problems)
     if parsed is None:

@@ -22,8 +22,8 @@ from .matching import canonical_param_name
 logger = logging.getLogger(__name__)
 
 
-def model_param_numels(job_config: JobConfig, source: str = "job config") -> dict[str, int]:
-    """``{canonical parameter name: number of elements}`` in ``named_parameters()`` order.
+def meta_model(job_config: JobConfig, source: str = "job config") -> torch.nn.Module:
+    """The job's model built on the meta device, as torchtitan's Trainer would build it.
 
     Imports ``[experimental] custom_import`` first, as the Trainer does, so that TrainSpecs it
     registers are found. Raises ScheduleError for an unknown model name or flavor.
@@ -48,7 +48,16 @@ def model_param_numels(job_config: JobConfig, source: str = "job config") -> dic
     model_args = copy.deepcopy(train_spec.model_args[flavor])
     model_args.update_from_config(job_config)
     with torch.device("meta"):
-        model = train_spec.model_cls(model_args)
+        return train_spec.model_cls(model_args)
+
+
+def model_param_numels(job_config: JobConfig, source: str = "job config") -> dict[str, int]:
+    """``{canonical parameter name: number of elements}`` in ``named_parameters()`` order.
+
+    Raises ScheduleError for an unknown model name or flavor (see :func:`meta_model`).
+    """
+    model = meta_model(job_config, source)
     numels = {canonical_param_name(n): p.numel() for n, p in model.named_parameters()}
-    logger.debug("%s %s on meta: %d parameter tensors", name, flavor, len(numels))
+    logger.debug("%s %s on meta: %d parameter tensors", job_config.model.name,
+                 job_config.model.flavor, len(numels))
     return numels

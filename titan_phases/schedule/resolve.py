@@ -7,6 +7,7 @@ gets the same :class:`ResolvedSchedule`, or the same :class:`ScheduleError`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from .generation import generate_schedule
 from .loading import parse_schedule, read_schedule_file, resolve_schedule_path
 from .matching import canonical_param_name, match_phase_params
 from .model_info import model_param_numels
-from .schema import LRSchedulerInit, OptimizerInit, Phase, PhaseSchedule, running_phase_count
+from .schema import LRSchedulerInit, OptimizerInit, Phase, running_phase_count
 from .validation import (
     check_implicit_reinits,
     check_phase_zero,
@@ -33,11 +34,44 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class LRSchedulerChange:
+    """A new LR scheduler a phase starts, with how its param groups' starting lrs are chosen."""
+
+    class_path: str
+    init_args: Mapping[str, Any]
+    init_pg_lrs: tuple[float, ...] | None
+    """One starting lr per param group (phases 0..k), ``lr_scale`` applied: the phase's
+    ``init_pg_lrs``, else the groups' initial lrs (:meth:`ResolvedSchedule.initial_lrs`). None
+    only with ``use_current_optimizer_pg_lrs``: the groups then start at their current lrs."""
+    use_current_optimizer_pg_lrs: bool
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """Everything entering phase ``index`` hands to the model and the optimizer/LR containers."""
+
+    index: int
+    params: tuple[str, ...]
+    """Canonical names of the parameters this phase thaws."""
+    trainable: tuple[str, ...]
+    """Canonical names of every parameter trainable during the phase (phases 0..index)."""
+    lr: float
+    """Initial lr of the param group the phase adds, ``lr_scale`` applied."""
+    optimizer: tuple[str, Mapping[str, Any]] | None
+    """``(class_path, init_args)`` of a new optimizer (``lr`` scaled), or None to keep it."""
+    lr_scheduler: LRSchedulerChange | None
+    """A new LR scheduler, or None to let the running one cover the new group."""
+    max_norm: float
+    """Gradient clipping norm during the phase."""
+
+
+@dataclass(frozen=True)
 class ResolvedSchedule:
     """A validated schedule with its parameters resolved against the model.
 
     Attributes:
-        schedule: the phases that run (``max_depth`` applied); ``phases[k].index == k``.
+        phases: the phases that run (``max_depth`` applied); ``phases[k].index == k``.
+        source: where the schedule came from (file, inline table, or generated from a job).
         phase_params: per running phase, the canonical names of the parameters it thaws.
         frozen_params: parameters never thawed: in no phase, or in a phase beyond ``max_depth``.
         dropped_phases: phases beyond ``max_depth`` (validated, but never run).
@@ -45,10 +79,12 @@ class ResolvedSchedule:
         generated: whether the schedule was generated (no schedule file / inline schedule).
         lr_scale, base_lr, base_max_norm: ``phases.lr_scale``, ``optimizer.lr`` and
             ``training.max_norm`` of the job.
+        apply_lambdas_new_pgs: ``phases.apply_lambdas_new_pgs``, for the LR schedulers.
         warnings: problems that do not stop the run; the caller decides where to log them.
     """
 
-    schedule: PhaseSchedule
+    phases: tuple[Phase, ...]
+    source: str
     phase_params: tuple[tuple[str, ...], ...]
     frozen_params: tuple[str, ...]
     dropped_phases: tuple[Phase, ...]
@@ -57,11 +93,44 @@ class ResolvedSchedule:
     lr_scale: float
     base_lr: float
     base_max_norm: float
+    apply_lambdas_new_pgs: bool = True
     warnings: tuple[Problem, ...] = ()
 
     @property
     def num_phases(self) -> int:
-        return len(self.schedule.phases)
+        return len(self.phases)
+
+    def plan(self, k: int) -> PhasePlan:
+        """What entering phase ``k`` does (see :class:`PhasePlan`)."""
+        phase = self.phases[k]
+        scheduler = phase.new_lr_scheduler
+        start_lrs = None
+        if scheduler is not None:
+            start_lrs = self.init_pg_lrs(k)
+            if start_lrs is None and not scheduler.use_current_optimizer_pg_lrs:
+                start_lrs = self.initial_lrs(k)
+        return PhasePlan(
+            index=k,
+            params=self.phase_params[k],
+            trainable=self.trainable_params(k),
+            lr=self.group_lr(k),
+            optimizer=(
+                None
+                if phase.new_optimizer is None
+                else (phase.new_optimizer.class_path, self.optimizer_kwargs(phase.new_optimizer))
+            ),
+            lr_scheduler=(
+                None
+                if scheduler is None
+                else LRSchedulerChange(
+                    scheduler.class_path,
+                    dict(scheduler.init_args),
+                    start_lrs,
+                    scheduler.use_current_optimizer_pg_lrs,
+                )
+            ),
+            max_norm=self.max_norm_at(k),
+        )
 
     def phase_of(self, name: str) -> int | None:
         """The phase that thaws parameter ``name`` (wrapped names accepted), None if never."""
@@ -75,27 +144,61 @@ class ResolvedSchedule:
     def optimizer_at(self, k: int) -> OptimizerInit | None:
         """The optimizer config in effect during phase ``k``: the latest ``new_optimizer`` at or
         before it, or None for torchtitan's ``[optimizer]``."""
-        return next((p.new_optimizer for p in reversed(self.schedule.phases[: k + 1])
+        return next((p.new_optimizer for p in reversed(self.phases[: k + 1])
                      if p.new_optimizer is not None), None)
 
     def group_lr(self, k: int) -> float:
         """Initial lr of the param group phase ``k`` adds, ``lr_scale`` applied: the last entry
         of the phase's ``init_pg_lrs``, else its ``lr``, else ``init_args.lr`` of the latest
         ``new_optimizer`` (up to phase k) that sets one, else ``[optimizer] lr``."""
-        phase = self.schedule.phases[k]
+        phase = self.phases[k]
         scheduler = phase.new_lr_scheduler
         if scheduler is not None and scheduler.init_pg_lrs is not None:
             return scheduler.init_pg_lrs[k] * self.lr_scale
         if phase.lr is not None:
             return phase.lr * self.lr_scale
-        for p in reversed(self.schedule.phases[: k + 1]):
+        for p in reversed(self.phases[: k + 1]):
             if p.new_optimizer is not None and "lr" in p.new_optimizer.init_args:
                 return float(p.new_optimizer.init_args["lr"]) * self.lr_scale
         return self.base_lr * self.lr_scale
 
+    def initial_lrs(self, k: int) -> tuple[float, ...]:
+        """The initial lr of every param group (phases 0..k) in phase ``k``, ``lr_scale``
+        applied, as FTS keeps it; a new LR scheduler without ``init_pg_lrs`` (or
+        ``use_current_optimizer_pg_lrs``) restarts the groups there.
+
+        Group ``i``'s is the entry for it in the latest ``init_pg_lrs`` up to phase k, else the
+        lr it joined with (:meth:`group_lr`). Phase 0's group has no phase lr of its own: it
+        takes the lr of the latest ``new_optimizer`` up to phase k (``init_args.lr``, else the
+        class's default lr), since FTS rebuilds that group with the new optimizer's defaults,
+        else ``[optimizer] lr``.
+
+        **Limitations** With ``apply_lambdas_new_pgs``, FTS makes the lambda-scaled lr of a
+        group that joined a lambda schedule its initial lr (and, at an optimizer reinit,
+        rescales the restarted groups by the running lambda), values known only at run time;
+        this keeps the phase lr.
+        """
+        lrs = [self._phase0_initial_lr(k), *(self.group_lr(i) for i in range(1, k + 1))]
+        for j in range(1, k + 1):
+            given = self.init_pg_lrs(j)
+            if given is not None:
+                lrs[: j + 1] = given
+        return tuple(lrs)
+
+    def _phase0_initial_lr(self, k: int) -> float:
+        init = self.optimizer_at(k)
+        if init is None:
+            return self.base_lr * self.lr_scale
+        if "lr" in init.init_args:
+            return float(init.init_args["lr"]) * self.lr_scale
+        lr = inspect.signature(classes.import_object(init.class_path)).parameters.get("lr")
+        if lr is None or lr.default is inspect.Parameter.empty:
+            return self.base_lr * self.lr_scale  # an optimizer without an lr argument
+        return float(lr.default) * self.lr_scale
+
     def init_pg_lrs(self, k: int) -> tuple[float, ...] | None:
         """Phase ``k``'s ``new_lr_scheduler.init_pg_lrs`` with ``lr_scale`` applied, or None."""
-        scheduler = self.schedule.phases[k].new_lr_scheduler
+        scheduler = self.phases[k].new_lr_scheduler
         if scheduler is None or scheduler.init_pg_lrs is None:
             return None
         return tuple(lr * self.lr_scale for lr in scheduler.init_pg_lrs)
@@ -103,7 +206,7 @@ class ResolvedSchedule:
     def max_norm_at(self, k: int) -> float:
         """Gradient clipping norm during phase ``k``: the latest per-phase ``max_norm`` up to
         phase k, else ``[training] max_norm``."""
-        return next((p.max_norm for p in reversed(self.schedule.phases[: k + 1])
+        return next((p.max_norm for p in reversed(self.phases[: k + 1])
                      if p.max_norm is not None), self.base_max_norm)
 
     def optimizer_kwargs(self, init: OptimizerInit) -> dict[str, Any]:
@@ -171,7 +274,7 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
     if numels is None or (explicit and raw is None):
         problems.raise_if_any()
     generation_keys = ("blocks_per_phase", "steps_per_phase", "max_depth", "transition_mode",
-                       "reinit_optimizer", "reinit_lr_scheduler")
+                       "reinit_optimizer", "reinit_lr_scheduler", "base_max_lr")
     if not explicit and settings.invalid.intersection(generation_keys):
         problems.raise_if_any()
 
@@ -184,7 +287,9 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
             transition_mode=cfg.effective_transition_mode(job_config.validation.enable),
             training_steps=job_config.training.steps,
             steps_per_phase=cfg.steps_per_phase, reinit_optimizer=settings.reinit_optimizer,
-            reinit_lr_scheduler=settings.reinit_lr_scheduler, source=source, problems=problems,
+            reinit_lr_scheduler=settings.reinit_lr_scheduler,
+            base_max_lr=cfg.base_max_lr,
+            source=source, problems=problems,
         )
     n_running = running_phase_count(len(schedule.phases), max_depth)
 
@@ -218,7 +323,8 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
                       f"{len(in_no_phase)} parameter(s) are in no phase and stay frozen: "
                       + ", ".join(in_no_phase[:5]) + (" ..." if len(in_no_phase) > 5 else ""))
     return ResolvedSchedule(
-        schedule=PhaseSchedule(schedule.phases[:n_running], schedule.source),
+        phases=schedule.phases[:n_running],
+        source=schedule.source,
         phase_params=running,
         frozen_params=frozen,
         dropped_phases=dropped,
@@ -227,5 +333,6 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
         lr_scale=cfg.lr_scale,
         base_lr=job_config.optimizer.lr,
         base_max_norm=float(job_config.training.max_norm),
+        apply_lambdas_new_pgs=cfg.apply_lambdas_new_pgs,
         warnings=tuple(problems.warnings),
     )

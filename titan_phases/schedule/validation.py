@@ -76,6 +76,7 @@ def check_settings(
         "steps_per_phase": (lambda v: v >= 0, "must be >= 0 (0: split training.steps evenly)"),
         "patience": (lambda v: v >= 1, "must be >= 1 validation"),
         "min_delta": (lambda v: v >= 0, "must be >= 0"),
+        "base_max_lr": (lambda v: v >= 0, "must be > 0, or 0 to leave it unset"),
     }
     for name, (ok, message) in ranges.items():
         if name in valid and not ok(getattr(cfg, name)):
@@ -123,7 +124,7 @@ def check_settings(
                     "put new_optimizer / new_lr_scheduler into the schedule's phases instead",
                 )
         defaults = Phases()
-        for name in ("blocks_per_phase", "steps_per_phase"):
+        for name in ("blocks_per_phase", "steps_per_phase", "base_max_lr"):
             if getattr(cfg, name) != getattr(defaults, name):
                 problems.warn(source, None, f"phases.{name}",
                               "only applies to generated schedules; ignored")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from titan_phases.agreement import agreed_report, combine_reports
 from tests.dist import run_ranks
+from titan_phases.runtime.agreement import agreed_report, combine_reports
 
 
 def test_no_report_from_any_rank_means_nothing_to_report():

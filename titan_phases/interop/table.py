@@ -6,7 +6,7 @@ from typing import Any
 
 from torchtitan.config import JobConfig
 
-from .resolve import ResolvedSchedule
+from titan_phases.schedule.resolve import ResolvedSchedule
 
 COLUMNS = ("phase", "tensors", "elements", "% model", "lr", "optimizer", "scheduler", "transition")
 
@@ -17,7 +17,7 @@ def _short(class_path: str) -> str:
 
 def _transition(resolved: ResolvedSchedule, k: int, job_config: JobConfig) -> str:
     cfg = job_config.phases
-    step = resolved.schedule.phases[k].max_transition_step
+    step = resolved.phases[k].max_transition_step
     if k == resolved.num_phases - 1:
         return f"end of training (step {job_config.training.steps})"
     mode = cfg.effective_transition_mode(job_config.validation.enable)
@@ -33,7 +33,7 @@ def phase_rows(resolved: ResolvedSchedule, job_config: JobConfig) -> list[dict[s
     optimizer = f"{job_config.optimizer.name} [optimizer]"
     scheduler = f"warmup+{job_config.lr_scheduler.decay_type} [lr_scheduler]"
     rows = []
-    for k, (phase, names) in enumerate(zip(resolved.schedule.phases, resolved.phase_params)):
+    for k, (phase, names) in enumerate(zip(resolved.phases, resolved.phase_params)):
         if phase.new_optimizer is not None:
             optimizer = _short(phase.new_optimizer.class_path)
         if phase.new_lr_scheduler is not None:

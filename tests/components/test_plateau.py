@@ -1,6 +1,6 @@
 import math
 
-from titan_phases.components.early_stopping import PlateauTracker
+from titan_phases.components.plateau import PlateauTracker
 
 
 def test_min_mode_counts_validations_without_improvement_beyond_min_delta():

@@ -8,9 +8,9 @@ import pytest
 from torchtitan.protocols.train_spec import get_train_spec, register_train_spec
 
 from titan_phases.config import parse_job_config
+from titan_phases.interop.hf_names import hf_to_titan_names, job_hf_names, to_titan_names
 from titan_phases.schedule import ScheduleError
 from titan_phases.schedule.errors import Problems
-from titan_phases.schedule.hf_names import hf_to_titan_names, job_hf_names, to_titan_names
 
 FROM_HF = {
     "model.embed_tokens.weight": "tok_embeddings.weight",
@@ -50,7 +50,8 @@ def test_patterns_become_exact_torchtitan_names_and_misses_are_reported():
 
 def test_a_model_without_an_hf_name_map_is_a_problem_naming_the_model():
     register_train_spec(
-        "llama3_without_hf_map", dataclasses.replace(get_train_spec("llama3"), state_dict_adapter=None)
+        "llama3_without_hf_map",
+        dataclasses.replace(get_train_spec("llama3"), state_dict_adapter=None),
     )
     with pytest.raises(ScheduleError, match="'llama3_without_hf_map' has no state_dict_adapter"):
         job_hf_names(parse_job_config(["--model.name", "llama3_without_hf_map"]), "fts.yaml")

@@ -23,15 +23,17 @@ from collections.abc import Iterable
 from torchtitan.config import JobConfig
 from torchtitan.protocols.train_spec import get_train_spec
 
-from .errors import Problem, Problems, ScheduleError
-from .model_info import model_param_numels
+from titan_phases.schedule.errors import Problem, Problems, ScheduleError
+from titan_phases.schedule.model_info import model_param_numels
 
 
 def _template_regex(titan_template: str) -> re.Pattern[str]:
     return re.compile(re.escape(titan_template).replace(re.escape("{}"), r"(\d+)"))
 
 
-def hf_to_titan_names(from_hf_map: dict[str, str | None], titan_names: Iterable[str]) -> dict[str, str]:
+def hf_to_titan_names(
+    from_hf_map: dict[str, str | None], titan_names: Iterable[str]
+) -> dict[str, str]:
     """``{HF name: torchtitan name}`` for ``titan_names``, in their order, from an adapter map.
 
     Raises ValueError naming the torchtitan parameters the map does not cover.
@@ -87,7 +89,7 @@ def to_titan_names(
     """Replace every phase's HF-name ``params`` in ``schedule`` with torchtitan names, in place.
 
     ``params`` entries are exact HF names or regexes that must match whole HF names (as
-    :func:`titan_phases.schedule.fts_import.to_fullmatch` makes them).
+    :func:`titan_phases.interop.fts_import.to_fullmatch` makes them).
     """
     for key, phase in schedule.items():
         matched: set[str] = set()

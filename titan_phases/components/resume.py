@@ -1,0 +1,160 @@
+"""Resuming a phased job: which checkpoint loads, rebuilding the live phase structure to it
+before it is loaded, and saving a step in full so that a run can be resumed from it.
+
+DCP loads optimizer state into the param groups that exist, so the structure must match the
+checkpoint's before torchtitan loads it (a phase-1 checkpoint loaded into a phase-0 optimizer
+silently drops state; the reverse fails inside DCP). :func:`rebuild_to_checkpoint` therefore
+
+1. reads the phase controller's saved state (a few bytes, on each rank alone);
+2. loads it into the controller, which refuses a schedule whose phases ``0..saved`` changed;
+3. enters phases ``1..saved`` exactly as the transitions did (nothing is replayed);
+4. checks the optimizer against the checkpoint's metadata, so a mismatch gets a clear error
+   rather than DCP's "Missing key".
+
+A refusal is agreed between the ranks first (:mod:`titan_phases.runtime.agreement`), so every
+rank raises :class:`~titan_phases.components.phase_controller.ScheduleMismatchError` with the
+same report, before anything is loaded.
+
+**Limitations** (private torchtitan API this module relies on; check on upgrades)
+``CheckpointManager._find_load_step`` and ``CheckpointManager._create_checkpoint_id`` of
+torchtitan 0.2.2 tell which checkpoint ``CheckpointManager.load`` will load, and where.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from titan_phases.components.checkpoint import (
+    entry_names,
+    PhaseMismatchError,
+    read_saved_phase_state,
+)
+from titan_phases.components.phase_controller import PhaseController, ScheduleMismatchError
+from titan_phases.components.thaw import reshard_fsdp_modules
+from titan_phases.runtime.agreement import agreed_report
+
+__all__ = [
+    "checkpoint_path",
+    "checkpoint_to_load",
+    "exclude_dataloader_if_resharded",
+    "rebuild_to_checkpoint",
+    "save_full_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_path(checkpointer: Any, step: int) -> str:
+    """Where torchtitan's ``checkpointer`` keeps (or would keep) the checkpoint of ``step``."""
+    return checkpointer._create_checkpoint_id(step)
+
+
+def checkpoint_to_load(checkpointer: Any, load_step: int) -> str | None:
+    """The checkpoint ``checkpointer.load(step=load_step)`` will load, or None for none."""
+    if not checkpointer.enable or not os.path.isdir(checkpointer.folder):
+        return None
+    step = checkpointer._find_load_step() if load_step == -1 else load_step
+    if step <= 0:
+        return None
+    return checkpoint_path(checkpointer, step)
+
+
+_DATALOADER_RANK_PREFIX = "dataloader.dp_rank_"
+
+
+def exclude_dataloader_if_resharded(
+    checkpointer: Any, checkpoint_id: str, dp_world_size: int
+) -> int | None:
+    """Leave the dataloader out of loading when the checkpoint has another number of
+    data-parallel ranks; return that number (None when nothing changed).
+
+    torchtitan saves one dataloader state per data-parallel rank and cannot reshard them (it
+    fails with "Missing key ... dataloader.dp_rank_N"); model, optimizer, LR and phase state do
+    reshard. The data then restarts from its beginning, which is logged as a warning.
+    """
+    if "dataloader" in checkpointer.exclude_from_loading:
+        return None
+    saved = sum(name.startswith(_DATALOADER_RANK_PREFIX) for name in entry_names(checkpoint_id))
+    if saved in (0, dp_world_size):
+        return None
+    checkpointer.exclude_from_loading = [*checkpointer.exclude_from_loading, "dataloader"]
+    logger.warning(
+        "%s was saved with %d data-parallel ranks, this run has %d: torchtitan cannot reshard "
+        "the dataloader state, so it is not loaded and the data starts over (everything else "
+        "is resumed). Pass --checkpoint.exclude_from_loading dataloader to say so explicitly.",
+        checkpoint_id,
+        saved,
+        dp_world_size,
+    )
+    return saved
+
+
+def save_full_checkpoint(checkpointer: Any, model_parts: list[Any], step: int) -> str | None:
+    """Save ``step`` in full (model, optimizer, LR schedulers, dataloader, phase state) whatever
+    ``last_save_model_only`` says, unless it is saved already; return where, or None when
+    checkpointing is off. For ends the run may be resumed or extended from: an early end,
+    preemption."""
+    if not checkpointer.enable:
+        return None
+    path = checkpoint_path(checkpointer, step)
+    if os.path.isdir(path):
+        return path
+    # A validation forward leaves FSDP's root module unsharded, and the state dicts must see
+    # the sharded parameters.
+    reshard_fsdp_modules(model_parts)
+    model_only = checkpointer.last_save_model_only
+    checkpointer.last_save_model_only = False
+    try:
+        checkpointer.save(step, last_step=True)
+    finally:
+        checkpointer.last_save_model_only = model_only
+    return path
+
+
+def _refuse_if_any_rank_objects(problem: str | None) -> None:
+    report = agreed_report(problem)
+    if report is not None:
+        raise ScheduleMismatchError(report)
+
+
+def rebuild_to_checkpoint(
+    checkpoint_id: str,
+    controller: PhaseController,
+    enter_phase: Callable[[int], object],
+    verify_optimizer: Callable[[str], None],
+) -> int:
+    """Bring the controller and the live structure to the checkpoint's phase; return it.
+
+    A checkpoint without phase state (e.g. an initial, stock torchtitan one) leaves phase 0.
+    ``enter_phase(k)`` carries out the transition into phase ``k``; ``verify_optimizer`` raises
+    :class:`~titan_phases.components.checkpoint.PhaseMismatchError` when the optimizer does not
+    fit the checkpoint. Raises ScheduleMismatchError on every rank if any rank objects.
+    """
+    saved = read_saved_phase_state(checkpoint_id)
+    if saved is None:
+        return controller.phase
+    problem = None
+    try:
+        controller.load_state_dict(saved)
+    except ScheduleMismatchError as exc:
+        problem = f"{checkpoint_id}: {exc}"
+    _refuse_if_any_rank_objects(problem)
+    target = controller.phase
+    if target > 0:
+        logger.info(
+            "Resuming in phase %d from %s: rebuilding the phase structure before loading",
+            target,
+            checkpoint_id,
+        )
+    for phase in range(1, target + 1):
+        enter_phase(phase)
+    problem = None
+    try:
+        verify_optimizer(checkpoint_id)
+    except PhaseMismatchError as exc:
+        problem = str(exc)
+    _refuse_if_any_rank_objects(problem)
+    return target
