@@ -257,3 +257,38 @@ def test_a_job_toml_syntax_error_names_the_file(capsys, tmp_path):
     job.write_text("[job\ndump_folder = 1\n")
     code, _, err = run(capsys, "validate", "--job.config_file", str(job))
     assert code == 2 and f"{job}: not valid TOML" in err and "Traceback" not in err
+
+
+def _save_phase_state(folder: Path, phase_params: list[list[str]], phase: int) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    from titan_phases.components.phase_controller import PhaseController, Transition
+
+    controller = PhaseController([None] * len(phase_params), phase_params)
+    for k in range(phase):
+        controller.commit(Transition(k, k + 1, 5, "max_transition_step"))
+    dcp.save({"phases": controller}, checkpoint_id=folder, no_dist=True)
+
+
+def test_validate_says_what_the_job_would_resume_and_refuses_what_it_cannot(capsys, tmp_path):
+    from titan_phases.schedule import load_and_validate
+
+    dump = tmp_path / "dump"
+    job_args = ["--job.config_file", "train_configs/debug_model.toml",
+                "--job.dump_folder", str(dump)]
+    code, out, _ = run(capsys, "validate", *job_args)
+    assert code == 0 and "resumes" not in out  # nothing saved yet: a fresh start
+
+    from titan_phases.config import parse_job_config
+    from titan_phases.train_spec import register_train_specs
+
+    register_train_specs()
+    resolved = load_and_validate(parse_job_config(job_args))
+    _save_phase_state(dump / "checkpoint" / "step-5", [list(p) for p in resolved.phase_params], 1)
+    code, out, _ = run(capsys, "validate", *job_args)
+    assert code == 0 and f"resumes {dump / 'checkpoint' / 'step-5'}: phase 1 after step 5" in out
+
+    other = [["output.weight"], ["norm.weight"], ["tok_embeddings.weight"]]
+    _save_phase_state(dump / "checkpoint" / "step-6", other, 1)
+    code, _, err = run(capsys, "validate", *job_args)
+    assert code == 2 and "step-6" in err and "the checkpoint is in phase 1" in err

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from titan_phases.components.checkpoint_integrity import verify as verify_checkpoint
+from titan_phases.components.phase_controller import build_phase_controller
+from titan_phases.components.resume import resume_report
 from titan_phases.config import CommandLineError, parse_job_config, UnknownKey
 from titan_phases.interop.fts_import import convert_fts_schedule, FTS_BASE_MAX_LR, load_fts_yaml
 from titan_phases.interop.hf_names import job_hf_names, to_titan_names
@@ -83,11 +87,30 @@ def _resolve_job(torchtitan_args: list[str]) -> tuple[Any, ResolvedSchedule]:
     return job_config, resolved
 
 
+def _check_resume(job_config: Any, resolved: ResolvedSchedule) -> str | None:
+    """What the job would resume, checked as the trainer checks it; raises _InvalidInput."""
+    if not job_config.checkpoint.enable:
+        return None
+    folder = os.path.join(job_config.job.dump_folder, job_config.checkpoint.folder)
+    controller = build_phase_controller(
+        resolved, job_config.phases, job_config.validation.enable
+    )
+    resumes, problem = resume_report(
+        folder, job_config.checkpoint.load_step, controller, verify_checkpoint
+    )
+    if problem is not None:
+        raise _InvalidInput(problem)
+    return resumes
+
+
 def _validate(args: argparse.Namespace, rest: list[str]) -> int:
     job_config, resolved = _resolve_job(rest)
     _print_warnings(resolved.warnings)
+    resumes = _check_resume(job_config, resolved)
     print(render_table(phase_rows(resolved, job_config)))
     print(_summary(resolved))
+    if resumes is not None:
+        print(f"resumes {resumes}")
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ import torchtitan.train  # noqa: E402
 from torchtitan.protocols.train_spec import get_train_spec  # noqa: E402
 from torchtitan.tools.logging import init_logger  # noqa: E402
 
+from titan_phases.components.checkpoint_integrity import CheckpointLoadError  # noqa: E402
 from titan_phases.components.phase_controller import ScheduleMismatchError  # noqa: E402
 from titan_phases.components.step_guard import TrainingStopped  # noqa: E402
 from titan_phases.config import with_phases_section  # noqa: E402
@@ -56,7 +57,7 @@ def main() -> None:
     phased = is_phased(get_train_spec(job_config.model.name))
     try:
         torchtitan.train.main(PhasedTrainer if phased else torchtitan.train.Trainer)
-    except ScheduleMismatchError as exc:
+    except (ScheduleMismatchError, CheckpointLoadError) as exc:
         exit_together(
             f"titan_phases: cannot resume, nothing was changed: {exc}", EXIT_INVALID_INPUT
         )

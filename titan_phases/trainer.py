@@ -46,17 +46,15 @@ from torchtitan.train import Trainer
 
 from titan_phases.components.best_checkpoint import RestoreBest
 from titan_phases.components.checkpoint import PHASES_KEY
+from titan_phases.components.checkpoint_integrity import IntegrityRecorder
 from titan_phases.components.flops import ideal_phase_ratio
 from titan_phases.components.phase_controller import build_phase_controller, Transition
-from titan_phases.components.resume import (
-    checkpoint_to_load,
-    exclude_dataloader_if_resharded,
-    rebuild_to_checkpoint,
-    save_full_checkpoint,
-)
+from titan_phases.components.resume import prepare_resume, save_full_checkpoint
+from titan_phases.components.run_record import startup_summary, write_run_record
 from titan_phases.components.step_guard import StepGuard, TrainingStopped
 from titan_phases.components.thaw import ThawCount
 from titan_phases.components.transition import enter_phase, transition_summary
+from titan_phases.runtime.ranks import is_rank0
 from titan_phases.schedule import load_and_validate
 
 logger = logging.getLogger(__name__)
@@ -67,35 +65,32 @@ class PhasedTrainer(Trainer):
 
     def __init__(self, job_config: JobConfig) -> None:
         super().__init__(job_config)
+        # Every save, the trainer's own included, also writes this rank's integrity record.
+        self.integrity = IntegrityRecorder(self.checkpointer)
+        self.checkpointer.save = self.integrity.save
         self._full_flops_per_token = self.metrics_processor.num_flops_per_token
         self.schedule = load_and_validate(job_config)
         for warning in self.schedule.warnings:
             logger.warning("%s", warning)
+        self.lr_schedulers.apply_lambdas_new_pgs = self.schedule.apply_lambdas_new_pgs
         self.phase_controller = build_phase_controller(
             self.schedule, job_config.phases, job_config.validation.enable
         )
         self.checkpointer.states[PHASES_KEY] = self.phase_controller
         job_config.training.max_norm = self.schedule.plan(0).max_norm
-        self.restore_best = None
-        if job_config.phases.restore_best:
-            self.restore_best = RestoreBest(
-                job_config.job.dump_folder,
-                self.model_parts,
-                self.checkpointer.states["model"],
-                self.optimizers,
-                self.lr_schedulers,
-            )
-        checkpoint_id = checkpoint_to_load(self.checkpointer, job_config.checkpoint.load_step)
-        if checkpoint_id is not None:
-            rebuild_to_checkpoint(
-                checkpoint_id,
-                self.phase_controller,
-                self._enter_phase,
-                self.optimizers.verify_checkpoint,
-            )
-            exclude_dataloader_if_resharded(
-                self.checkpointer, checkpoint_id, self.dataloader.dp_world_size
-            )
+        self.restore_best = (
+            RestoreBest(job_config.job.dump_folder, self.model_parts,
+                        self.checkpointer.states["model"], self.optimizers, self.lr_schedulers)
+            if job_config.phases.restore_best
+            else None
+        )
+        resumed_from = prepare_resume(
+            self.checkpointer, job_config.checkpoint, self.phase_controller, self._enter_phase,
+            self.optimizers.verify_checkpoint, self.dataloader.dp_world_size,
+        )
+        write_run_record(job_config.job.dump_folder, self.schedule, job_config, resumed_from)
+        if is_rank0():
+            logger.info("%s", startup_summary(self.schedule, job_config))
         self._report_phase()
         self.step_guard = StepGuard(self.device)
         self._first_step_of_process = True
@@ -104,10 +99,7 @@ class PhasedTrainer(Trainer):
     def _enter_phase(self, phase: int) -> ThawCount:
         plan = self.schedule.plan(phase)
         trainable = enter_phase(
-            self.model_parts,
-            self.optimizers,
-            self.lr_schedulers,
-            plan,
+            self.model_parts, self.optimizers, self.lr_schedulers, plan,
             compiled=self.job_config.compile.enable,
         )
         self.job_config.training.max_norm = plan.max_norm
@@ -159,11 +151,11 @@ class PhasedTrainer(Trainer):
     def _save_full_checkpoint(self) -> str | None:
         return save_full_checkpoint(self.checkpointer, self.model_parts, self.step)
 
-    def _end_early(self) -> None:
-        reason = self.phase_controller.stop_reason
-        logger.info("Training stops after step %d: %s", self.step, reason)
-        self._log_end(reason)
-        self._save_full_checkpoint()
+
+    def close(self) -> None:
+        if getattr(self, "integrity", None) is not None:
+            self.integrity.wait()
+        super().close()
 
     def train(self) -> None:
         try:
@@ -185,8 +177,11 @@ class PhasedTrainer(Trainer):
             self._repeat_validation_after_resume()
         if self.job_config.validation.enable:
             self._observe_validation()
-        if self.phase_controller.stop_reason is not None:
-            self._end_early()
+        reason = self.phase_controller.stop_reason
+        if reason is not None:
+            logger.info("Training stops after step %d: %s", self.step, reason)
+            self._log_end(reason)
+            self._save_full_checkpoint()
             return False
         return super().should_continue_training()
 

@@ -78,18 +78,17 @@ def test_an_optimizer_that_does_not_fit_is_refused_with_its_reason(tmp_path: Pat
         rebuild_to_checkpoint(checkpoint, _controller(), lambda phase: None, verify)
 
 
-def test_the_checkpoint_to_load_follows_torchtitans_choice(tmp_path: Path):
-    def checkpointer(enable: bool = True, latest: int = 7) -> SimpleNamespace:
-        return SimpleNamespace(
-            enable=enable,
-            folder=str(tmp_path),
-            _find_load_step=lambda: latest,
-            _create_checkpoint_id=lambda step: str(tmp_path / f"step-{step}"),
-        )
+def test_the_checkpoint_to_load_is_the_newest_complete_one(tmp_path: Path):
+    from titan_phases.components.checkpoint_integrity import verify
 
-    assert checkpoint_to_load(checkpointer(), -1) == str(tmp_path / "step-7")
-    assert checkpoint_to_load(checkpointer(), 3) == str(tmp_path / "step-3")
-    assert checkpoint_to_load(checkpointer(latest=-1), -1) is None
-    assert checkpoint_to_load(checkpointer(enable=False), -1) is None
-    missing = SimpleNamespace(enable=True, folder=str(tmp_path / "none"))
-    assert checkpoint_to_load(missing, -1) is None
+    _save(tmp_path / "step-3", _in_phase_2())
+    (tmp_path / "step-7").mkdir()  # torn: no .metadata
+    checkpointer = SimpleNamespace(enable=True, folder=str(tmp_path))
+    choice = checkpoint_to_load(checkpointer, -1, verify=verify)
+    assert choice.step == 3 and choice.path == str(tmp_path / "step-3")
+    assert [s.step for s in choice.skipped] == [7]
+    assert checkpoint_to_load(SimpleNamespace(enable=False, folder=str(tmp_path)), -1) is None
+    fresh = checkpoint_to_load(
+        SimpleNamespace(enable=True, folder=str(tmp_path / "none")), -1, verify=verify
+    )
+    assert fresh.fresh_start

@@ -4,6 +4,7 @@ that never stopped; resume on another number of ranks; refuse an incompatible sc
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,15 @@ def test_kill_and_restart_reproduces_losses_bitwise(
     resumed_validation = {r["step"]: r["loss"] for r in resumed.records("validation")}
     assert resumed_validation
     assert resumed_validation == {s: reference_validation[s] for s in resumed_validation}
+    # The run folder explains both starts: what each ran, and what the second resumed.
+    lines = (dump / "run" / "starts.jsonl").read_text().splitlines()
+    starts = [json.loads(line) for line in lines]
+    resumed_from = str(dump / "checkpoint" / f"step-{resume_from}")
+    assert [s["resumed_from"] for s in starts] == [None, resumed_from]
+    for start in ("start-1", "start-2"):
+        assert {p.name for p in (dump / "run" / start).iterdir()} == {
+            "schedule.toml", "phases.txt", "versions.json"
+        }
 
 
 def test_checkpoint_torn_by_a_kill_mid_save_is_skipped_for_the_last_complete_one(
@@ -118,6 +128,46 @@ def test_checkpoint_torn_by_a_kill_mid_save_is_skipped_for_the_last_complete_one
     reference = uninterrupted.losses()
     assert resumed.losses() == {step: reference[step] for step in range(8, 13)}
     assert [r["phase"] for r in resumed.records()] == [1, 2, 2, 2, 2]
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_intact_one(
+    uninterrupted: JobResult, tmp_path: Path
+):
+    import shutil
+
+    dump = tmp_path / "run"
+    saved = uninterrupted.dump / "checkpoint"
+    for step in range(1, 9):
+        shutil.copytree(saved / f"step-{step}", dump / "checkpoint" / f"step-{step}")
+    # 64 flipped bytes: DCP itself would load them without complaint.
+    damaged = sorted((dump / "checkpoint" / "step-8").glob("__0_*.distcp"))[0]
+    data = bytearray(damaged.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    damaged.write_bytes(bytes(data))
+    resumed = run_job(dump)
+    assert resumed.returncode == 0, resumed.failure()
+    assert f"Skipping checkpoint {dump / 'checkpoint' / 'step-8'}" in resumed.output
+    assert damaged.name in resumed.output
+    reference = uninterrupted.losses()
+    assert resumed.losses() == {step: reference[step] for step in range(8, 13)}
+
+
+def test_a_folder_without_a_complete_checkpoint_starts_from_the_initial_weights(
+    uninterrupted: JobResult, tmp_path: Path
+):
+    # What a kill during the first save leaves behind.
+    dump = tmp_path / "run"
+    torn = dump / "checkpoint" / "step-1"
+    torn.mkdir(parents=True)
+    (torn / "__0_0.distcp").write_bytes(b"cut short")
+    initial = uninterrupted.dump / "checkpoint" / "step-12"  # the final, model-only save
+    started = run_job(dump, "--checkpoint.initial_load_path", str(initial))
+    assert started.returncode == 0, started.failure()
+    assert f"Loading the checkpoint from {initial}" in started.output
+    assert f"Skipping checkpoint {torn}" in started.output
+    losses = started.losses()
+    assert min(losses) == 1 and losses[1] < uninterrupted.losses()[1]  # trained weights
 
 
 @pytest.mark.parametrize("flag", [True, False], ids=["dataloader-excluded", "rank-change-detected"])

@@ -1,6 +1,12 @@
 """Resuming a phased job: which checkpoint loads, rebuilding the live phase structure to it
 before it is loaded, and saving a step in full so that a run can be resumed from it.
 
+:func:`prepare_resume` is the whole sequence the trainer runs before torchtitan loads: it
+chooses the newest *intact* checkpoint (:mod:`titan_phases.components.checkpoint_integrity`:
+incomplete and damaged ones are skipped and named), makes torchtitan load exactly that one,
+and when the folder holds no complete checkpoint at all, makes torchtitan start from
+``initial_load_path`` as it does for a folder that does not exist.
+
 DCP loads optimizer state into the param groups that exist, so the structure must match the
 checkpoint's before torchtitan loads it (a phase-1 checkpoint loaded into a phase-0 optimizer
 silently drops state; the reverse fails inside DCP). :func:`rebuild_to_checkpoint` therefore
@@ -16,8 +22,10 @@ rank raises :class:`~titan_phases.components.phase_controller.ScheduleMismatchEr
 same report, before anything is loaded.
 
 **Limitations** (private torchtitan API this module relies on; check on upgrades)
-``CheckpointManager._find_load_step`` and ``CheckpointManager._create_checkpoint_id`` of
-torchtitan 0.2.2 tell which checkpoint ``CheckpointManager.load`` will load, and where.
+``CheckpointManager._create_checkpoint_id`` of torchtitan 0.2.2 tells where a step is saved.
+A fresh start in an existing folder is made by pointing ``CheckpointManager.folder`` at a path
+that does not exist for the one ``load`` call: torchtitan 0.2.2 decides between resuming and
+``initial_load_path`` on whether that folder exists.
 """
 
 from __future__ import annotations
@@ -32,6 +40,12 @@ from titan_phases.components.checkpoint import (
     PhaseMismatchError,
     read_saved_phase_state,
 )
+from titan_phases.components.checkpoint_integrity import (
+    CheckpointLoadError,
+    choose_checkpoint,
+    LoadChoice,
+    verify_on_ranks,
+)
 from titan_phases.components.phase_controller import PhaseController, ScheduleMismatchError
 from titan_phases.components.thaw import reshard_fsdp_modules
 from titan_phases.runtime.agreement import agreed_report
@@ -40,7 +54,9 @@ __all__ = [
     "checkpoint_path",
     "checkpoint_to_load",
     "exclude_dataloader_if_resharded",
+    "prepare_resume",
     "rebuild_to_checkpoint",
+    "resume_report",
     "save_full_checkpoint",
 ]
 
@@ -52,14 +68,62 @@ def checkpoint_path(checkpointer: Any, step: int) -> str:
     return checkpointer._create_checkpoint_id(step)
 
 
-def checkpoint_to_load(checkpointer: Any, load_step: int) -> str | None:
-    """The checkpoint ``checkpointer.load(step=load_step)`` will load, or None for none."""
-    if not checkpointer.enable or not os.path.isdir(checkpointer.folder):
+def checkpoint_to_load(
+    checkpointer: Any, load_step: int, verify: Any = verify_on_ranks
+) -> LoadChoice | None:
+    """The intact checkpoint to load for ``--checkpoint.load_step`` (None: checkpointing off).
+
+    Collective with the default ``verify``: call on every rank. Raises
+    :class:`~titan_phases.components.checkpoint_integrity.CheckpointLoadError`.
+    """
+    if not checkpointer.enable:
         return None
-    step = checkpointer._find_load_step() if load_step == -1 else load_step
-    if step <= 0:
+    return choose_checkpoint(checkpointer.folder, load_step, verify=verify)
+
+
+def _load_initial_weights(checkpointer: Any) -> None:
+    load = checkpointer.load
+
+    def load_as_fresh_start(step: int = -1) -> bool:
+        folder = checkpointer.folder
+        checkpointer.folder = os.path.join(folder, "titan_phases-no-complete-checkpoint")
+        try:
+            return load(step=-1)
+        finally:
+            checkpointer.folder = folder
+            checkpointer.load = load
+
+    checkpointer.load = load_as_fresh_start
+
+
+def prepare_resume(
+    checkpointer: Any,
+    checkpoint_config: Any,
+    controller: PhaseController,
+    enter_phase: Callable[[int], object],
+    verify_optimizer: Callable[[str], None],
+    dp_world_size: int,
+) -> str | None:
+    """Everything before torchtitan's ``checkpointer.load``; call on every rank. Returns the
+    checkpoint that will be resumed (None: a fresh start).
+
+    Chooses the intact checkpoint, sets ``checkpoint_config.load_step`` to it (what torchtitan
+    loads), rebuilds the phase structure to it and leaves the dataloader out when the number
+    of data-parallel ranks changed; in a folder without a complete checkpoint, makes the load
+    start from ``initial_load_path``.
+    """
+    choice = checkpoint_to_load(checkpointer, checkpoint_config.load_step)
+    if choice is None:
         return None
-    return checkpoint_path(checkpointer, step)
+    if choice.fresh_start:
+        if os.path.isdir(checkpointer.folder):
+            _load_initial_weights(checkpointer)
+        return None
+    checkpoint_config.load_step = choice.step
+    if choice.step > 0:
+        rebuild_to_checkpoint(choice.path, controller, enter_phase, verify_optimizer)
+        exclude_dataloader_if_resharded(checkpointer, choice.path, dp_world_size)
+    return choice.path
 
 
 _DATALOADER_RANK_PREFIX = "dataloader.dp_rank_"
@@ -112,6 +176,27 @@ def save_full_checkpoint(checkpointer: Any, model_parts: list[Any], step: int) -
     finally:
         checkpointer.last_save_model_only = model_only
     return path
+
+
+def resume_report(
+    checkpoint_folder: str, load_step: int, controller: PhaseController, verify: Any
+) -> tuple[str | None, str | None]:
+    """What a job would resume from ``checkpoint_folder`` and whether its schedule can:
+    ``(what it resumes or None for a fresh start, the problem or None)``. One process."""
+    try:
+        choice = choose_checkpoint(checkpoint_folder, load_step, verify=verify)
+    except CheckpointLoadError as exc:
+        return None, str(exc)
+    if choice.fresh_start or not choice.step:
+        return None, None
+    saved = read_saved_phase_state(choice.path)
+    if saved is None:
+        return f"{choice.path} (no phase state: phase 0)", None
+    try:
+        controller.load_state_dict(saved)
+    except ScheduleMismatchError as exc:
+        return None, f"cannot resume {choice.path}: {exc}"
+    return f"{choice.path}: phase {controller.phase} after step {choice.step}", None
 
 
 def _refuse_if_any_rank_objects(problem: str | None) -> None:
