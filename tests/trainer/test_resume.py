@@ -106,17 +106,23 @@ def test_kill_and_restart_reproduces_losses_bitwise(
         }
 
 
+def _copy_checkpoints(source: JobResult, dump: Path, last_step: int) -> Path:
+    """Copy ``source``'s checkpoints of steps 1..last_step into ``dump``; return its source."""
+    import shutil
+
+    saved = source.dump / "checkpoint"
+    for step in range(1, last_step + 1):
+        shutil.copytree(saved / f"step-{step}", dump / "checkpoint" / f"step-{step}")
+    return saved
+
+
 def test_checkpoint_torn_by_a_kill_mid_save_is_skipped_for_the_last_complete_one(
     uninterrupted: JobResult, tmp_path: Path
 ):
-    import shutil
-
     # What a kill while step 8 is being saved leaves: step 7 complete, step 8's files cut
     # short and its .metadata (DCP writes it last) missing.
     dump = tmp_path / "run"
-    saved = uninterrupted.dump / "checkpoint"
-    for step in range(1, 8):
-        shutil.copytree(saved / f"step-{step}", dump / "checkpoint" / f"step-{step}")
+    saved = _copy_checkpoints(uninterrupted, dump, 7)
     torn = dump / "checkpoint" / "step-8"
     torn.mkdir()
     for file in (saved / "step-8").iterdir():
@@ -133,12 +139,8 @@ def test_checkpoint_torn_by_a_kill_mid_save_is_skipped_for_the_last_complete_one
 def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_intact_one(
     uninterrupted: JobResult, tmp_path: Path
 ):
-    import shutil
-
     dump = tmp_path / "run"
-    saved = uninterrupted.dump / "checkpoint"
-    for step in range(1, 9):
-        shutil.copytree(saved / f"step-{step}", dump / "checkpoint" / f"step-{step}")
+    _copy_checkpoints(uninterrupted, dump, 8)
     # 64 flipped bytes: DCP itself would load them without complaint.
     damaged = sorted((dump / "checkpoint" / "step-8").glob("__0_*.distcp"))[0]
     data = bytearray(damaged.read_bytes())
