@@ -232,8 +232,14 @@ def test_unknown_own_option_exits_2(capsys, job):
 
 @pytest.mark.parametrize("config", sorted(
     str(p) for p in (Path(__file__).resolve().parents[1] / "train_configs").glob("*.toml")))
-def test_shipped_job_configs_validate(capsys, config):
-    code, _, err = run(capsys, "validate", "--job.config_file", config)
+def test_shipped_job_configs_validate(capsys, config, tmp_path):
+    extra = []
+    if "8b" in Path(config).name:
+        # It loads the HF weights a user downloads first: refused, and named, until they exist.
+        code, _, err = run(capsys, "validate", "--job.config_file", config)
+        assert code == 2 and "initial_load_path = './assets/hf/Llama-3.1-8B'" in err
+        extra = ["--checkpoint.initial_load_path", str(tmp_path)]
+    code, _, err = run(capsys, "validate", "--job.config_file", config, *extra)
     assert code == 0, err
 
 
@@ -259,7 +265,12 @@ def test_a_job_toml_syntax_error_names_the_file(capsys, tmp_path):
     assert code == 2 and f"{job}: not valid TOML" in err and "Traceback" not in err
 
 
-def _save_phase_state(folder: Path, phase_params: list[list[str]], phase: int) -> None:
+def _save_phase_state(
+    folder: Path, model_shapes: dict, phase_params: list[list[str]], phase: int
+) -> None:
+    """A checkpoint as the trainer saves it, as far as validate reads it: the model's tensors
+    (zeros) and the phase controller's state."""
+    import torch
     import torch.distributed.checkpoint as dcp
 
     from titan_phases.components.phase_controller import PhaseController, Transition
@@ -267,7 +278,8 @@ def _save_phase_state(folder: Path, phase_params: list[list[str]], phase: int) -
     controller = PhaseController([None] * len(phase_params), phase_params)
     for k in range(phase):
         controller.commit(Transition(k, k + 1, 5, "max_transition_step"))
-    dcp.save({"phases": controller}, checkpoint_id=folder, no_dist=True)
+    model = {name: torch.zeros(shape) for name, shape in model_shapes.items()}
+    dcp.save({**model, "phases": controller}, checkpoint_id=folder, no_dist=True)
 
 
 def test_validate_says_what_the_job_would_resume_and_refuses_what_it_cannot(capsys, tmp_path):
@@ -280,15 +292,25 @@ def test_validate_says_what_the_job_would_resume_and_refuses_what_it_cannot(caps
     assert code == 0 and "resumes" not in out  # nothing saved yet: a fresh start
 
     from titan_phases.config import parse_job_config
+    from titan_phases.schedule.model_info import meta_model
     from titan_phases.train_spec import register_train_specs
 
     register_train_specs()
-    resolved = load_and_validate(parse_job_config(job_args))
-    _save_phase_state(dump / "checkpoint" / "step-5", [list(p) for p in resolved.phase_params], 1)
+    job_config = parse_job_config(job_args)
+    resolved = load_and_validate(job_config)
+    shapes = {name: t.shape for name, t in meta_model(job_config).state_dict().items()}
+    phase_params = [list(p) for p in resolved.phase_params]
+    _save_phase_state(dump / "checkpoint" / "step-5", shapes, phase_params, 1)
     code, out, _ = run(capsys, "validate", *job_args)
     assert code == 0 and f"resumes {dump / 'checkpoint' / 'step-5'}: phase 1 after step 5" in out
 
     other = [["output.weight"], ["norm.weight"], ["tok_embeddings.weight"]]
-    _save_phase_state(dump / "checkpoint" / "step-6", other, 1)
+    _save_phase_state(dump / "checkpoint" / "step-6", shapes, other, 1)
     code, _, err = run(capsys, "validate", *job_args)
     assert code == 2 and "step-6" in err and "the checkpoint is in phase 1" in err
+
+    wider = {**shapes, "output.weight": (shapes["output.weight"][0], 512)}
+    _save_phase_state(dump / "checkpoint" / "step-7", wider, phase_params, 1)
+    code, _, err = run(capsys, "validate", *job_args)
+    assert code == 2 and "step-7 holds another model than this job's" in err
+    assert "output.weight is [2048, 512] there and [2048, 256]" in err

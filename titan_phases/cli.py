@@ -8,22 +8,22 @@ ConfigManager exactly as the trainer parses them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import textwrap
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from titan_phases.components.checkpoint_integrity import verify as verify_checkpoint
-from titan_phases.components.phase_controller import build_phase_controller
-from titan_phases.components.resume import resume_report
-from titan_phases.config import CommandLineError, parse_job_config, UnknownKey
+from titan_phases.config import CommandLineError, parse_job_config, PretrainedStage, UnknownKey
 from titan_phases.interop.fts_import import convert_fts_schedule, FTS_BASE_MAX_LR, load_fts_yaml
 from titan_phases.interop.hf_names import job_hf_names, to_titan_names
 from titan_phases.interop.table import phase_rows, render_table
 from titan_phases.interop.toml_writer import dumps
+from titan_phases.prepare import pending_recipe, RecipeError, resume_problem
 from titan_phases.runtime.process_exit import EXIT_INVALID_INPUT
 from titan_phases.schedule import load_and_validate, ResolvedSchedule, ScheduleError
 from titan_phases.schedule.errors import Problem, Problems, unknown_key_problems
@@ -88,16 +88,14 @@ def _resolve_job(torchtitan_args: list[str]) -> tuple[Any, ResolvedSchedule]:
 
 
 def _check_resume(job_config: Any, resolved: ResolvedSchedule) -> str | None:
-    """What the job would resume, checked as the trainer checks it; raises _InvalidInput."""
-    if not job_config.checkpoint.enable:
-        return None
-    folder = os.path.join(job_config.job.dump_folder, job_config.checkpoint.folder)
-    controller = build_phase_controller(
-        resolved, job_config.phases, job_config.validation.enable
-    )
-    resumes, problem = resume_report(
-        folder, job_config.checkpoint.load_step, controller, verify_checkpoint
-    )
+    """What the job would resume, checked as ``run_train.sh`` checks it before torchrun
+    starts (the ``[pretrained]`` recipe included); raises _InvalidInput."""
+    try:
+        stage = getattr(job_config, "pretrained", PretrainedStage())
+        recipe = pending_recipe(job_config.checkpoint.initial_load_path, stage)
+    except RecipeError as e:
+        raise _InvalidInput(str(e)) from None
+    resumes, problem = resume_problem(job_config, resolved, initial_weights_pending=bool(recipe))
     if problem is not None:
         raise _InvalidInput(problem)
     return resumes
@@ -341,6 +339,20 @@ def split_torchtitan_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return ours, theirs
 
 
+@contextlib.contextmanager
+def _modules_importable_from_cwd() -> Iterator[None]:
+    # The modules a job names (experimental.custom_import, job.custom_config_module) are
+    # imported as under `python -m titan_phases.train`, which puts the working directory first
+    # on sys.path; the console script's sys.path starts with its bin directory instead.
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if sys.path and sys.path[0] == cwd:
+            del sys.path[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting (the console script exits)."""
     ours, rest = split_torchtitan_args(sys.argv[1:] if argv is None else list(argv))
@@ -349,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a usage error argparse already printed
         return int(e.code or 0)
     try:
-        return args.run(args, rest)
+        with _modules_importable_from_cwd():
+            return args.run(args, rest)
     except ScheduleError as e:
         print(f"error: {e}", file=sys.stderr)
     except _InvalidInput as e:

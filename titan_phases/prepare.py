@@ -3,8 +3,11 @@
 Runs the same input check as every rank of ``python -m titan_phases.train`` (:func:`check_input`:
 the job config, the command line and the schedule), so that ``run_train.sh`` reports bad input
 once and exits with code 2 before torchrun starts; builds the embedded corpora and tokenizer
-(:mod:`titan_phases.data.assets`) when the job uses them; and prints the ``[pretrained]``
-recipe to run first when the job's initial checkpoint is missing (nothing when there is none).
+(:mod:`titan_phases.data.assets`) when the job uses them; checks what the job would load
+(:func:`resume_problem`: the checkpoint it resumes, or its initial weights), as every rank
+will, so that a checkpoint the job cannot load is also refused with exit code 2 before any
+rank starts; and prints the ``[pretrained]`` recipe to run first when the job's initial
+checkpoint is missing and the recipe writes exactly that path (nothing otherwise).
 """
 
 from __future__ import annotations
@@ -16,48 +19,117 @@ import sys
 from torchtitan.config import JobConfig
 from torchtitan.protocols.train_spec import get_train_spec
 
+from titan_phases.components.checkpoint_integrity import verify as verify_checkpoint
+from titan_phases.components.phase_controller import build_phase_controller
+from titan_phases.components.resume import resume_report
 from titan_phases.config import CommandLineError, parse_job_config, PretrainedStage, UnknownKey
 from titan_phases.data.assets import ensure_assets
 from titan_phases.data.datasets import uses_embedded_assets
 from titan_phases.runtime.process_exit import EXIT_INVALID_INPUT
-from titan_phases.schedule import load_and_validate, ScheduleError
+from titan_phases.schedule import load_and_validate, ResolvedSchedule, ScheduleError
 from titan_phases.schedule.errors import unknown_key_problems
+from titan_phases.schedule.model_info import meta_model
 from titan_phases.train_spec import is_phased, register_train_specs
 
 
+class RecipeError(ValueError):
+    """The ``[pretrained]`` recipe cannot produce the job's initial checkpoint."""
+
+
+def recipe_output(recipe: str) -> str:
+    """The checkpoint a recipe job config writes: its last step's folder."""
+    config = parse_job_config(["--job.config_file", recipe], require_phases=False)
+    return os.path.join(
+        config.job.dump_folder, config.checkpoint.folder, f"step-{config.training.steps}"
+    )
+
+
 def pending_recipe(initial_load_path: str | None, stage: PretrainedStage) -> str | None:
-    """The recipe to run first, or None when nothing is missing or nothing can produce it."""
+    """The recipe to run first, or None when nothing is missing or no recipe is set.
+
+    Raises :class:`RecipeError` when the recipe does not exist or writes another checkpoint
+    than ``initial_load_path``: running it would not produce the missing path (a typo in the
+    path must not retrain anything).
+    """
     if not initial_load_path or os.path.exists(initial_load_path) or not stage.recipe:
         return None
+    where = f"[pretrained] recipe = {stage.recipe!r}"
     if not os.path.isfile(stage.recipe):
-        raise FileNotFoundError(
-            f"[pretrained] recipe = {stage.recipe!r} does not exist; it should be the job config "
-            f"that writes [checkpoint] initial_load_path = {initial_load_path!r}"
+        raise RecipeError(
+            f"{where} does not exist; it should be the job config that writes "
+            f"[checkpoint] initial_load_path = {initial_load_path!r}"
+        )
+    try:
+        produced = recipe_output(stage.recipe)
+    except (OSError, ValueError, CommandLineError) as exc:
+        raise RecipeError(f"{where} cannot be read: {exc}") from None
+    if os.path.abspath(produced) != os.path.abspath(initial_load_path):
+        raise RecipeError(
+            f"[checkpoint] initial_load_path = {initial_load_path!r} does not exist, and "
+            f"{where} writes {produced!r}, not that path, so it is not run. Correct "
+            "initial_load_path (or the recipe's dump_folder, checkpoint.folder and "
+            "training.steps)"
         )
     return stage.recipe
 
 
-def check_input(argv: list[str]) -> tuple[JobConfig | None, str | None]:
-    """Parse the job config and validate its schedule; return it, or what is wrong with it.
+def resume_problem(
+    job_config: JobConfig, resolved: ResolvedSchedule, initial_weights_pending: bool
+) -> tuple[str | None, str | None]:
+    """What the job would resume and what keeps it from loading, checked in this one process
+    as every rank checks it (:func:`titan_phases.components.resume.resume_report`), with the
+    model's shapes taken from a meta-device model."""
+    checkpoint = job_config.checkpoint
+    if not checkpoint.enable:
+        return None, None
+    controller = build_phase_controller(resolved, job_config.phases, job_config.validation.enable)
+    shapes = {name: tensor.shape for name, tensor in meta_model(job_config).state_dict().items()}
+    return resume_report(
+        checkpoint,
+        os.path.join(job_config.job.dump_folder, checkpoint.folder),
+        controller,
+        verify_checkpoint,
+        shapes,
+        initial_weights_pending,
+    )
+
+
+def check_input(
+    argv: list[str],
+) -> tuple[JobConfig | None, ResolvedSchedule | None, str | None]:
+    """Parse the job config and validate its schedule: ``(job config, its resolved schedule or
+    None for a model without phases, None)``, or ``(None, None, what is wrong)``.
 
     Unknown keys of the job TOML are reported together with the schedule's problems. Needs no
     process group and no accelerator; call :func:`register_train_specs` first.
     """
     unknown: list[UnknownKey] = []
+    invalid = "titan_phases: invalid job config, nothing was run"
     try:
         job_config = parse_job_config(argv, require_phases=False, unknown_keys=unknown)
-        if job_config.experimental.custom_import:
-            importlib.import_module(job_config.experimental.custom_import)
-        spec = get_train_spec(job_config.model.name)
-    except (OSError, ValueError, ImportError) as exc:
-        return None, f"titan_phases: invalid job config, nothing was run: {exc}"
+    except (OSError, ValueError) as exc:
+        return None, None, f"{invalid}: {exc}"
     except CommandLineError as exc:
-        return None, f"titan_phases: invalid command line, nothing was run:\n{exc}"
+        return None, None, f"titan_phases: invalid command line, nothing was run:\n{exc}"
+    custom_import = job_config.experimental.custom_import
+    try:
+        if custom_import:
+            importlib.import_module(custom_import)
+    except Exception as exc:  # the user's module runs here: whatever it raises is their error
+        return None, None, (
+            f"{invalid}: [experimental] custom_import = {custom_import!r} cannot be imported: "
+            f"{type(exc).__name__}: {exc}"
+        )
+    try:
+        spec = get_train_spec(job_config.model.name)
+    except ValueError as exc:
+        return None, None, f"{invalid}: {exc}"
     problems = unknown_key_problems(unknown)
     schedule_problems = []
+    resolved = None
     if is_phased(spec):
         try:
-            load_and_validate(job_config)
+            resolved = load_and_validate(job_config)
         except ScheduleError as exc:
             schedule_problems = exc.problems
     if problems or schedule_problems:
@@ -65,13 +137,13 @@ def check_input(argv: list[str]) -> tuple[JobConfig | None, str | None]:
         report = ScheduleError(
             problems + schedule_problems, "job config or schedule" if problems else "phase schedule"
         )
-        return None, f"titan_phases: invalid {what}, nothing was run:\n{report}"
-    return job_config, None
+        return None, None, f"titan_phases: invalid {what}, nothing was run:\n{report}"
+    return job_config, resolved, None
 
 
 def main(argv: list[str] | None = None) -> int:
     register_train_specs()
-    job_config, problem = check_input(sys.argv[1:] if argv is None else argv)
+    job_config, resolved, problem = check_input(sys.argv[1:] if argv is None else argv)
     if problem is not None:
         print(problem, file=sys.stderr)
         return EXIT_INVALID_INPUT
@@ -80,9 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stage = getattr(job_config, "pretrained", PretrainedStage())
         recipe = pending_recipe(job_config.checkpoint.initial_load_path, stage)
-    except FileNotFoundError as exc:
-        print(f"titan_phases.prepare: {exc}", file=sys.stderr)
+    except RecipeError as exc:
+        print(f"titan_phases: invalid job config, nothing was run: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
+    if resolved is not None:
+        _, problem = resume_problem(job_config, resolved, initial_weights_pending=bool(recipe))
+        if problem is not None:
+            print(f"titan_phases: cannot resume, nothing was run: {problem}", file=sys.stderr)
+            return EXIT_INVALID_INPUT
     if recipe:
         print(recipe)
     return 0

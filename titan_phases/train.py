@@ -46,7 +46,7 @@ def main() -> None:
     init_logger()
     register_train_specs()
     with input_check_group():
-        job_config, problem = check_input(sys.argv[1:])
+        job_config, _, problem = check_input(sys.argv[1:])
         report = agreed_report(problem)
         if report is not None:
             exit_together(report, EXIT_INVALID_INPUT)

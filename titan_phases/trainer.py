@@ -4,7 +4,9 @@ The subclass only wires unit-tested pieces into torchtitan's training loop:
 
 * the schedule (:func:`titan_phases.schedule.load_and_validate`), validated on every rank
   before any process group exists; the phased TrainSpec has frozen the model to phase 0 right
-  after parallelisation, so torchtitan built the optimizer over phase 0's params only;
+  after parallelisation, so torchtitan built the optimizer over phase 0's params only, at
+  ``[optimizer] lr``: the trainer then starts phase 0 at the schedule's lr (``[phases]
+  lr_scale`` applied), which torchtitan's builders do not see;
 * :class:`~titan_phases.components.phase_controller.PhaseController` decides transitions and
   is checkpointed under its own key;
 * :func:`~titan_phases.components.transition.enter_phase` carries a transition out;
@@ -26,7 +28,9 @@ in metrics.jsonl.
 After every step the ranks agree (:class:`~titan_phases.components.step_guard.StepGuard`) on
 two things, before the step's checkpoint is saved: a non-finite loss stops training (or, with
 ``phases.nonfinite_loss = 'warn'``, is logged), and a SIGTERM saves a full checkpoint of that
-step and stops, so a preempted job restarts where it stopped.
+step and stops, so a preempted job restarts where it stopped. A checkpoint save that fails for
+want of space stops training too (:mod:`titan_phases.components.save_failure`), with the
+checkpoints before it intact.
 
 **Limitations**
 No pipeline parallelism: torchtitan builds pipeline schedules once and a transition cannot
@@ -73,6 +77,7 @@ class PhasedTrainer(Trainer):
         for warning in self.schedule.warnings:
             logger.warning("%s", warning)
         self.lr_schedulers.apply_lambdas_new_pgs = self.schedule.apply_lambdas_new_pgs
+        self.lr_schedulers.start_phase0_at(self.schedule.group_lr(0))
         self.phase_controller = build_phase_controller(
             self.schedule, job_config.phases, job_config.validation.enable
         )

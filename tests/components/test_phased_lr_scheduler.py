@@ -336,3 +336,22 @@ def test_untested_scheduler_runs_with_a_warning(caplog):
     assert _lrs(optimizers) == pytest.approx([PHASE0_LR * 0.5, PHASE1_LR], rel=1e-12)
     _advance(optimizers, lr_schedulers, 2)
     assert _lrs(optimizers) == pytest.approx([PHASE0_LR * 0.25, PHASE1_LR * 0.5], rel=1e-12)
+
+
+def test_phase0_started_at_another_lr_follows_a_stack_built_with_it():
+    config = LRSchedulerConfig(warmup_steps=2, decay_type="cosine")
+    _, scaled = _optimizers()
+    scaled_schedulers = build_phased_lr_schedulers(scaled, config, 10)
+    scaled_schedulers.start_phase0_at(PHASE0_LR * 0.25)
+    parts = [build_model()]
+    freeze_to(parts, PHASES[0])
+    built = PhasedOptimizersContainer(parts, torch.optim.SGD, {"lr": PHASE0_LR * 0.25})
+    built_schedulers = build_phased_lr_schedulers(built, config, 10)
+    assert _lrs(scaled) == _lrs(built) != [PHASE0_LR * 0.25]  # warmup applied
+    for step in range(6):
+        _advance(scaled, scaled_schedulers, step)
+        _advance(built, built_schedulers, step)
+        assert _lrs(scaled) == _lrs(built), step
+    assert scaled_schedulers.state_dict() == built_schedulers.state_dict()
+    with pytest.raises(ValueError, match="before the first step"):
+        scaled_schedulers.start_phase0_at(PHASE0_LR)

@@ -94,6 +94,7 @@ def run_job(
     config: Path = TINY_JOB,
     kill_after_step: int | None = None,
     terminate_after_step: int | None = None,
+    faults: dict[str, str] | None = None,
     timeout: float = 300,
 ) -> JobResult:
     """Run a job with torchrun.
@@ -102,7 +103,9 @@ def run_job(
     ``tests/trainer/tiny_spec.py``) and is then SIGKILLed, launcher and ranks together; its last
     complete checkpoint is ``kill_after_step - 1``. With ``terminate_after_step`` the launcher
     alone gets SIGTERM once that step is logged, as a scheduler preempting the job would send
-    it, and the job is left to finish on its own.
+    it, and the job is left to finish on its own. ``faults`` are environment variables of
+    ``tests/trainer/tiny_spec.py`` that make the job stall at a chosen moment: once a rank has
+    stalled there, the job is SIGKILLed, launcher and ranks together.
     """
     cache = os.environ["TITAN_PHASES_CACHE"]
     cmd = torchrun_command(
@@ -114,6 +117,9 @@ def run_job(
     if kill_after_step is not None:
         env["TITAN_PHASES_TEST_STALL_AT_STEP"] = str(kill_after_step)
     log = dump.parent / f"{dump.name}.{time.monotonic_ns()}.log"
+    stalled = log.with_suffix(".stalled")
+    if faults:
+        env.update(faults, TITAN_PHASES_TEST_STALL_MARKER=str(stalled))
     dump.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -124,7 +130,9 @@ def run_job(
             if time.monotonic() > deadline:
                 _kill_job(proc)
                 raise TimeoutError(f"job did not finish in {timeout}s; log: {log}")
-            if kill_after_step is not None and _logged(dump, kill_after_step):
+            if (kill_after_step is not None and _logged(dump, kill_after_step)) or (
+                faults and stalled.exists()
+            ):
                 _kill_job(proc)
                 break
             if terminate_after_step is not None and _logged(dump, terminate_after_step):

@@ -83,21 +83,66 @@ def test_restore_best_restores_the_phase_best_before_the_transition(plateau_run:
     assert (best_dir / ".metadata").is_file()
 
 
-def test_kill_between_best_checkpoint_and_its_transition_repeats_the_same_run(
+def _observed(dump: Path) -> dict[tuple, set]:
+    """Everything a run decided, from every process start of it: each key's set of values.
+
+    A restarted run repeats the steps after its last checkpoint, so a step logged by the
+    killed process and again by the restart has two records: equal values keep one entry.
+    """
+    seen: dict[tuple, set] = {}
+    for record in map(json.loads, (dump / "metrics.jsonl").read_text().splitlines()):
+        kind = record["type"]
+        if kind == "train":
+            key, value = (kind, record["step"]), (record["loss"], tuple(record["lr"]))
+        elif kind == "validation":
+            key, value = (kind, record["step"]), record["loss"]
+        elif kind == "transition":
+            key = (kind, record["from_phase"])
+            value = (record["step"], record["to_phase"], record["reason"])
+        elif kind == "end":
+            key, value = (kind,), (record["step"], record["reason"])
+        else:
+            continue
+        seen.setdefault(key, set()).add(value)
+    return seen
+
+
+def _kill_moments(reference: JobResult) -> list[tuple[str, dict[str, str]]]:
+    """The moments to SIGKILL the plateau job at, in the order the run reaches them."""
+    transition = _events(reference, "transition")[0]["step"]
+    return [
+        ("during the first save", {"TITAN_PHASES_TEST_STALL_SAVING": "*/checkpoint/step-1"}),
+        ("between the plateau validation and its restore-best transition",
+         {"TITAN_PHASES_TEST_STALL_RESTORING_BEST": "1"}),
+        ("during a later save",
+         {"TITAN_PHASES_TEST_STALL_SAVING": f"*/checkpoint/step-{transition + 1}"}),
+        ("while a best checkpoint is written",
+         {"TITAN_PHASES_TEST_STALL_SAVING": "*/best_checkpoints/phase-1/*"}),
+    ]
+
+
+def test_sigkill_at_each_moment_then_the_same_command_repeats_the_run_bitwise(
     plateau_run: JobResult, tmp_path: Path
 ):
-    transition_step = _events(plateau_run, "transition")[0]["step"]
+    # One job killed at each moment in turn, each time restarted with the same command.
     dump = tmp_path / "run"
-    # Stalled while logging the plateau step: the best checkpoint exists, the transition not.
-    killed = run_job(dump, *PLATEAU, kill_after_step=transition_step)
-    assert killed.returncode != 0
-    assert not _events(killed, "transition")
+    transition = _events(plateau_run, "transition")[0]["step"]
+    for moment, faults in _kill_moments(plateau_run):
+        killed = run_job(dump, *PLATEAU, faults=faults)
+        assert killed.returncode != 0 and not _events(killed, "end"), (moment, killed.failure())
+        if moment == "during the first save":
+            assert [p.name for p in (dump / "checkpoint").iterdir()] == ["step-1"]
+            assert not (dump / "checkpoint" / "step-1" / ".metadata").exists()
+        elif moment == "between the plateau validation and its restore-best transition":
+            assert "no complete checkpoint is left: starting from the initial weights" in (
+                killed.output
+            )
+        elif moment == "while a best checkpoint is written":
+            torn = dump / "checkpoint" / f"step-{transition + 1}"
+            assert f"Skipping checkpoint {torn}, incomplete" in killed.output
     resumed = run_job(dump, *PLATEAU)
     assert resumed.returncode == 0, resumed.failure()
-
-    assert _events(resumed, "transition")[0]["step"] == transition_step
-    reference = plateau_run.losses()
-    after = resumed.losses()
-    assert min(after) == transition_step
-    assert after == {s: reference[s] for s in after}
-    assert _events(resumed, "end")[-1]["step"] == _events(plateau_run, "end")[0]["step"]
+    observed, reference = _observed(dump), _observed(plateau_run.dump)
+    assert observed == reference
+    assert ("end",) in reference and ("transition", 1) in reference
+    assert (dump / "run" / "start-5").is_dir()

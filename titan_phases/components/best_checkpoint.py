@@ -28,7 +28,9 @@ import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 from torch.distributed.checkpoint.stateful import Stateful
 
+from titan_phases.components.checkpoint_integrity import is_complete
 from titan_phases.components.plateau import PlateauTracker
+from titan_phases.components.save_failure import reporting_save_failure
 from titan_phases.components.thaw import reshard_fsdp_modules
 from titan_phases.runtime.ranks import barrier, is_rank0
 from titan_phases.schedule import PhasePlan
@@ -51,7 +53,8 @@ class BestCheckpoints:
 
     def save(self, phase: int, step: int, states: Mapping[str, Stateful]) -> str:
         path = self.path(phase, step)
-        dcp.save(dict(states), checkpoint_id=path)
+        with reporting_save_failure(path):
+            dcp.save(dict(states), checkpoint_id=path)
         barrier()
         if is_rank0():
             self._prune(os.path.dirname(path))
@@ -68,7 +71,7 @@ class BestCheckpoints:
             shutil.rmtree(os.path.join(phase_dir, name), ignore_errors=True)
 
     def restore(self, path: str, states: Mapping[str, Stateful]) -> None:
-        if not os.path.isfile(os.path.join(path, ".metadata")):
+        if not is_complete(path):
             raise FileNotFoundError(
                 f"best checkpoint {path} is missing or incomplete; it is needed by "
                 "[phases] restore_best. Restore the directory or set restore_best = false"

@@ -28,11 +28,12 @@ import json
 import os
 import warnings
 from collections import Counter
-from collections.abc import KeysView
+from collections.abc import KeysView, Mapping, Sequence
 from typing import Any
 
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 __all__ = [
     "FORMAT_VERSION",
@@ -46,6 +47,7 @@ __all__ = [
     "decode_state",
     "encode_state",
     "entry_names",
+    "model_mismatch",
     "read_checkpoint_phase",
     "read_entries",
     "read_optimizer_metadata",
@@ -141,6 +143,39 @@ def decode_metadata(
 def entry_names(checkpoint_id: str | os.PathLike) -> KeysView[str]:
     """The checkpoint's flattened state-dict keys (e.g. ``phases.phase``), from its metadata."""
     return dcp.FileSystemReader(checkpoint_id).read_metadata().state_dict_metadata.keys()
+
+
+def model_mismatch(
+    checkpoint_id: str | os.PathLike, model_shapes: Mapping[str, Sequence[int]]
+) -> str | None:
+    """How the model saved in ``checkpoint_id`` differs from one whose state-dict tensors have
+    ``model_shapes`` (global shapes, by FQN); None when every tensor is there with its shape.
+
+    Read from the checkpoint's metadata alone. torchtitan stores the model's tensors at the top
+    level of the checkpoint under their FQNs, so a checkpoint of another flavor or family shows
+    here, before DCP fails on the first tensor of the wrong size.
+    """
+    saved = {
+        name: tuple(entry.size)
+        for name, entry in dcp.FileSystemReader(checkpoint_id).read_metadata()
+        .state_dict_metadata.items()
+        if isinstance(entry, TensorStorageMetadata)
+    }
+    differences = [
+        f"{name} is not in it" if name not in saved
+        else f"{name} is {list(saved[name])} there and {list(shape)} in this job's model"
+        for name, shape in model_shapes.items()
+        if saved.get(name) != tuple(shape)
+    ]
+    if not differences:
+        return None
+    shown = "; ".join(differences[:3])
+    more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+    return (
+        f"{checkpoint_id} holds another model than this job's: {len(differences)} of its "
+        f"{len(model_shapes)} tensors differ: {shown}{more}. Load it with the model flavor it "
+        "was saved with, or point the job at a checkpoint of this model"
+    )
 
 
 def read_entries(target: dict[str, Any], checkpoint_id: str | os.PathLike) -> None:

@@ -15,6 +15,8 @@ Saving (:func:`write_record`, :func:`record_when_done`, :class:`IntegrityRecorde
   background thread that completes an async save. Each rank writes its own record
   (``titan_phases.integrity.rank<r>.json``) atomically (temporary file, fsync, ``os.replace``)
   after the data, so a record exists only for files DCP finished.
+* A save that fails on a full disk stops training with one clear message
+  (:mod:`titan_phases.components.save_failure`); its folder stays incomplete.
 * The checksum is xxHash's XXH3 (64 bits; the ``xxhash`` package, which ``datasets`` already
   requires) over a memory map of the file: about 10 GB/s on one core, at least three times
   zlib's crc32 and six times sha1 (``python -m bench.integrity``, BENCHMARKS.md). It detects
@@ -65,6 +67,8 @@ import torch.distributed as dist
 import xxhash
 from torch.distributed.checkpoint import FileSystemReader
 
+from titan_phases.components.save_failure import reporting_save_failure
+
 if TYPE_CHECKING:
     from torchtitan.components.checkpoint import CheckpointManager
 
@@ -76,6 +80,7 @@ __all__ = [
     "RECORD_PREFIX",
     "Skipped",
     "choose_checkpoint",
+    "is_complete",
     "record_path",
     "record_when_done",
     "verify",
@@ -127,6 +132,11 @@ class LoadChoice:
     @property
     def fresh_start(self) -> bool:
         return self.step is None
+
+
+def is_complete(checkpoint_dir: str | os.PathLike) -> bool:
+    """Whether DCP finished saving ``checkpoint_dir`` (its ``.metadata``, written last, exists)."""
+    return (Path(checkpoint_dir) / _METADATA).is_file()
 
 
 def record_path(checkpoint_dir: str | os.PathLike, rank: int) -> Path:
@@ -230,14 +240,19 @@ class IntegrityRecorder:
             logger.warning("torchft checkpoints get no titan_phases integrity record")
 
     def save(self, curr_step: int, last_step: bool = False) -> None:
-        """Save as ``checkpointer.save(curr_step, last_step)`` does, then record it."""
+        """Save as ``checkpointer.save(curr_step, last_step)`` does, then record it.
+
+        Raises :class:`~titan_phases.components.save_failure.CheckpointSaveFailed` when the
+        save fails for want of space (or any other ``OSError``).
+        """
         checkpointer = self._checkpointer
         if not self._enabled or not checkpointer._should_save(curr_step, last_step):
             self._save(curr_step, last_step)
             return
         previous_future = checkpointer.save_future
-        self._save(curr_step, last_step)
         checkpoint_dir = checkpointer._create_checkpoint_id(curr_step)
+        with reporting_save_failure(checkpoint_dir):
+            self._save(curr_step, last_step)
         future = checkpointer.save_future
         if future is not None and future is not previous_future:
             # An earlier record may still be written while this save runs: keep waiting for it.
@@ -317,7 +332,7 @@ def verify(checkpoint_dir: str | os.PathLike, rank: int = 0, world_size: int = 1
     which files the checkpoint needs) unless the records of every rank of the save are there.
     """
     directory = Path(checkpoint_dir)
-    if not (directory / _METADATA).is_file():
+    if not is_complete(directory):
         return [f"{directory / _METADATA}: missing: the save did not finish"]
     problems: list[str] = []
     records: list[dict[str, Any]] = []
@@ -423,7 +438,7 @@ def choose_checkpoint(
     :func:`verify_on_ranks` as ``verify`` on several ranks (then call it on every rank).
     """
     steps = _step_folders(folder)
-    complete = sorted((s for s, p in steps.items() if (p / _METADATA).is_file()), reverse=True)
+    complete = sorted((s for s, p in steps.items() if is_complete(p)), reverse=True)
     skipped = [
         Skipped(step, str(steps[step]), _INCOMPLETE)
         for step in sorted(steps, reverse=True)

@@ -327,6 +327,23 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
             scheduler.step(value)
         return True
 
+    def start_phase0_at(self, lr: float) -> None:
+        """Start phase 0's param group at ``lr`` rather than the builder's ``[optimizer] lr``
+        (``[phases] lr_scale`` applied); call before the first step.
+
+        torchtitan's builders only see ``[optimizer]``, so the trainer sets the schedule's
+        phase-0 lr here: it becomes the group's ``initial_lr`` and the schedulers are rebuilt
+        over it, exactly as if the optimizer had been built with it.
+        """
+        if self.phase != 0 or any(s.last_epoch != 0 for s in self.schedulers):
+            raise ValueError("start_phase0_at must be called before the first step of phase 0")
+        groups = [optimizer.param_groups[0] for optimizer in self.optimizers]
+        if all(group["initial_lr"] == lr for group in groups):
+            return
+        for group in groups:
+            group["lr"] = group["initial_lr"] = lr
+        self.schedulers[:] = [self._instantiate(opt) for opt in self.optimizers]
+
     def add_phase(
         self,
         phase: int,

@@ -5,7 +5,10 @@ before it is loaded, and saving a step in full so that a run can be resumed from
 chooses the newest *intact* checkpoint (:mod:`titan_phases.components.checkpoint_integrity`:
 incomplete and damaged ones are skipped and named), makes torchtitan load exactly that one,
 and when the folder holds no complete checkpoint at all, makes torchtitan start from
-``initial_load_path`` as it does for a folder that does not exist.
+``initial_load_path`` as it does for a folder that does not exist. Whatever loads is first
+compared with the model (:func:`~titan_phases.components.checkpoint.model_mismatch`), so a
+checkpoint of another flavor is refused in one line rather than by DCP's size mismatch, and
+a missing ``initial_load_path`` is named (:func:`initial_weights_problem`).
 
 DCP loads optimizer state into the param groups that exist, so the structure must match the
 checkpoint's before torchtitan loads it (a phase-1 checkpoint loaded into a phase-0 optimizer
@@ -32,17 +35,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from torchtitan.components.checkpoint import MODEL
 
 from titan_phases.components.checkpoint import (
     entry_names,
+    model_mismatch,
     PhaseMismatchError,
     read_saved_phase_state,
 )
 from titan_phases.components.checkpoint_integrity import (
     CheckpointLoadError,
     choose_checkpoint,
+    is_complete,
     LoadChoice,
     verify_on_ranks,
 )
@@ -54,6 +61,7 @@ __all__ = [
     "checkpoint_path",
     "checkpoint_to_load",
     "exclude_dataloader_if_resharded",
+    "initial_weights_problem",
     "prepare_resume",
     "rebuild_to_checkpoint",
     "resume_report",
@@ -107,18 +115,27 @@ def prepare_resume(
     """Everything before torchtitan's ``checkpointer.load``; call on every rank. Returns the
     checkpoint that will be resumed (None: a fresh start).
 
-    Chooses the intact checkpoint, sets ``checkpoint_config.load_step`` to it (what torchtitan
-    loads), rebuilds the phase structure to it and leaves the dataloader out when the number
-    of data-parallel ranks changed; in a folder without a complete checkpoint, makes the load
-    start from ``initial_load_path``.
+    Chooses the intact checkpoint, checks that it holds this model, sets
+    ``checkpoint_config.load_step`` to it (what torchtitan loads), rebuilds the phase structure
+    to it and leaves the dataloader out when the number of data-parallel ranks changed; in a
+    folder without a complete checkpoint, makes the load start from ``initial_load_path``.
+    Raises CheckpointLoadError or ScheduleMismatchError on every rank, before anything loads.
     """
     choice = checkpoint_to_load(checkpointer, checkpoint_config.load_step)
     if choice is None:
         return None
+    model_shapes = {
+        name: tensor.shape for name, tensor in checkpointer.states[MODEL].state_dict().items()
+    }
     if choice.fresh_start:
+        _refuse_if_any_rank_objects(
+            initial_weights_problem(checkpoint_config, checkpointer.folder, model_shapes),
+            CheckpointLoadError,
+        )
         if os.path.isdir(checkpointer.folder):
             _load_initial_weights(checkpointer)
         return None
+    _refuse_if_any_rank_objects(model_mismatch(choice.path, model_shapes), CheckpointLoadError)
     checkpoint_config.load_step = choice.step
     if choice.step > 0:
         rebuild_to_checkpoint(choice.path, controller, enter_phase, verify_optimizer)
@@ -160,11 +177,11 @@ def save_full_checkpoint(checkpointer: Any, model_parts: list[Any], step: int) -
     """Save ``step`` in full (model, optimizer, LR schedulers, dataloader, phase state) whatever
     ``last_save_model_only`` says, unless it is saved already; return where, or None when
     checkpointing is off. For ends the run may be resumed or extended from: an early end,
-    preemption."""
+    preemption. A folder of ``step`` left incomplete by an interrupted save is saved again."""
     if not checkpointer.enable:
         return None
     path = checkpoint_path(checkpointer, step)
-    if os.path.isdir(path):
+    if is_complete(path):
         return path
     # A validation forward leaves FSDP's root module unsharded, and the state dicts must see
     # the sharded parameters.
@@ -178,16 +195,54 @@ def save_full_checkpoint(checkpointer: Any, model_parts: list[Any], step: int) -
     return path
 
 
+def initial_weights_problem(
+    checkpoint_config: Any, checkpoint_folder: str, model_shapes: Mapping[str, Sequence[int]]
+) -> str | None:
+    """What keeps a fresh start from loading ``[checkpoint] initial_load_path``, or None.
+
+    The path must be a folder (torchtitan only says "the path is not valid", without naming
+    it) and, unless it is in HF format, hold a checkpoint of this model.
+    """
+    path = checkpoint_config.initial_load_path
+    if not path:
+        return None
+    if not os.path.isdir(path):
+        return (
+            f"[checkpoint] initial_load_path = {path!r} does not exist (or is not a folder), "
+            f"and {checkpoint_folder} holds no checkpoint to resume. Correct the path, or "
+            "leave it empty to start from freshly initialized weights"
+        )
+    if checkpoint_config.initial_load_in_hf or not is_complete(path):
+        return None
+    problem = model_mismatch(path, model_shapes)
+    return None if problem is None else f"[checkpoint] initial_load_path: {problem}"
+
+
 def resume_report(
-    checkpoint_folder: str, load_step: int, controller: PhaseController, verify: Any
+    checkpoint_config: Any,
+    checkpoint_folder: str,
+    controller: PhaseController,
+    verify: Any,
+    model_shapes: Mapping[str, Sequence[int]],
+    initial_weights_pending: bool = False,
 ) -> tuple[str | None, str | None]:
-    """What a job would resume from ``checkpoint_folder`` and whether its schedule can:
-    ``(what it resumes or None for a fresh start, the problem or None)``. One process."""
+    """What a job would resume from ``checkpoint_folder`` and whether it can, checked as
+    :func:`prepare_resume` checks it: ``(what it resumes or None for a fresh start, the
+    problem or None)``. One process; ``model_shapes`` may come from a meta-device model.
+    ``initial_weights_pending``: the initial checkpoint is missing but will be produced first
+    (a ``[pretrained]`` recipe), so it is not checked."""
     try:
-        choice = choose_checkpoint(checkpoint_folder, load_step, verify=verify)
+        choice = choose_checkpoint(checkpoint_folder, checkpoint_config.load_step, verify=verify)
     except CheckpointLoadError as exc:
         return None, str(exc)
-    if choice.fresh_start or not choice.step:
+    if choice.fresh_start:
+        if initial_weights_pending:
+            return None, None
+        return None, initial_weights_problem(checkpoint_config, checkpoint_folder, model_shapes)
+    mismatch = model_mismatch(choice.path, model_shapes)
+    if mismatch is not None:
+        return None, mismatch
+    if not choice.step:
         return None, None
     saved = read_saved_phase_state(choice.path)
     if saved is None:
@@ -199,10 +254,12 @@ def resume_report(
     return f"{choice.path}: phase {controller.phase} after step {choice.step}", None
 
 
-def _refuse_if_any_rank_objects(problem: str | None) -> None:
+def _refuse_if_any_rank_objects(
+    problem: str | None, error: type[Exception] = ScheduleMismatchError
+) -> None:
     report = agreed_report(problem)
     if report is not None:
-        raise ScheduleMismatchError(report)
+        raise error(report)
 
 
 def rebuild_to_checkpoint(

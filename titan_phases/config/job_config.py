@@ -10,8 +10,9 @@ config does not name one). Every field is also a CLI flag, e.g. ``--phases.lr_sc
 
 The fields only describe the run; :func:`titan_phases.schedule.load_and_validate` checks them,
 together with the schedule, and reports every problem at once. Nothing here validates in
-``__post_init__``: torchtitan's config manager passes TOML values through unchecked (a wrong
-``Literal`` only triggers a tyro warning), and an exception there would stop at the first problem.
+``__post_init__``: an exception there would stop at the first problem. torchtitan's config
+manager passes TOML values through unchecked (a wrong ``Literal`` only triggers a tyro
+warning); :func:`titan_phases.config.parse_job_config` reports those of the wrong type.
 """
 
 # No ``from __future__ import annotations`` here: torchtitan's ConfigManager checks

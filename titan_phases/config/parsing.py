@@ -2,13 +2,18 @@
 
 The one way titan_phases parses a job: the trainer's input check, ``python -m
 titan_phases.prepare`` and the ``titan-phases`` CLI all call :func:`parse_job_config`. Unlike
-torchtitan's own parsing, which stops at the first key it does not know, every unknown key of
-the job TOML is collected (:class:`UnknownKey`, with a close match) and left out, so that the
-checks after parsing still run and the user gets every problem at once.
+torchtitan's own parsing, which stops at the first key it does not know and passes TOML values
+on without looking at their types, every unknown key of the job TOML and every value that is
+not of its field's type (``steps = "40"``) is collected (:class:`UnknownKey`, with a close match
+or the expected type) and left out, so that the checks after parsing still run and the user
+gets every problem at once. Command-line flags are converted and checked by tyro.
 
 **Limitations** (private torchtitan API this module relies on; check on upgrades)
-``ConfigManager._dict_to_dataclass`` is overridden to collect unknown keys; torchtitan 0.2.2
+``ConfigManager._dict_to_dataclass`` is overridden to collect these keys; torchtitan 0.2.2
 calls it once on the whole TOML before tyro applies the command line.
+``_maybe_add_custom_config`` and ``_validate_config`` are wrapped to turn the errors a user's
+mistake causes there (a custom config module that cannot be imported, an old
+``tokenizer.model`` path) into ValueErrors.
 """
 
 import contextlib
@@ -20,6 +25,7 @@ import os
 import re
 import sys
 import tomllib
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +34,8 @@ from torchtitan.config import ConfigManager, JobConfig
 from torchtitan.tools.logging import logger as torchtitan_logger
 
 from titan_phases.data.assets import cache_root, tokenizer_dir
+
+from .typecheck import describe, fits
 
 CUSTOM_CONFIG_MODULE = "titan_phases.config.job_config"
 
@@ -58,25 +66,39 @@ def _read_toml(path: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise JobConfigFileError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
-        raise JobConfigFileError(f"{path}: cannot read the job config: {exc.strerror}") from None
+        raise JobConfigFileError(f"{path}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
 class UnknownKey:
-    """A key of the job TOML that no config section has."""
+    """A key of the job TOML that is left out: no config section has it, or (``expected`` set)
+    its value is not of the field's type."""
 
     file: str
     line: int | None
     key: str
     """Dotted, e.g. ``phases.restore_bset``."""
     suggestion: str | None
+    expected: str | None = None
+    """The field's type in words ("an integer"), for a value of another type."""
+    value: Any = None
+    fix: str | None = None
+    """What to do about a value of another type."""
 
     @property
     def where(self) -> str:
         return self.file if self.line is None else f"{self.file}:{self.line}"
 
     @property
+    def message(self) -> str:
+        if self.expected is not None:
+            return f"expected {self.expected}, got {self.value!r}"
+        return "no config section has this key"
+
+    @property
     def hint(self) -> str:
+        if self.fix is not None:
+            return self.fix
         if self.suggestion is not None:
             return f"did you mean {self.suggestion}?"
         return "remove it; titan-phases and torchtitan list every key with --help"
@@ -95,30 +117,58 @@ def _line_of(text: str, section: tuple[str, ...], key: str) -> int | None:
     return None
 
 
-_Found = list[tuple[tuple[str, ...], str, str | None]]
-"""(table path, key, close match) of each unknown key."""
+_Found = list[tuple[tuple[str, ...], str, dict[str, Any]]]
+"""(table path, key, the other fields of its UnknownKey) of each key left out."""
 
 
-def _unknown_keys(
+def _field_types(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # a user's config module with unresolvable annotations
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def _mistyped(key: str, value: Any, hint: Any) -> dict[str, Any]:
+    """The UnknownKey fields for ``key = value`` where ``hint`` is the field's type."""
+    if dataclasses.is_dataclass(hint):
+        expected, fix = f"a table [{key}]", f"write the keys of [{key}] under a [{key}] header"
+    elif typing.get_origin(hint) is typing.Literal:
+        expected, fix = describe(hint), "use one of these, or remove the key to use the default"
+    else:
+        expected = describe(hint)
+        fix = f"write {expected}, or remove the key to use the default"
+        if isinstance(value, str):
+            fix += " (a quoted value is a string in TOML)"
+    return {"suggestion": None, "expected": expected, "value": value, "fix": fix}
+
+
+def _unusable_keys(
     cls: type, data: dict[str, Any], path: tuple[str, ...], found: _Found
 ) -> dict[str, Any]:
-    """``data`` without the keys ``cls`` (a config dataclass) has no field for, recursively."""
+    """``data`` without the keys ``cls`` (a config dataclass) has no field for and without the
+    values that are not of their field's type, recursively."""
     known = {f.name: f for f in dataclasses.fields(cls)}
+    types = _field_types(cls)
     kept = {}
     for key, value in data.items():
         field = known.get(key)
+        hint = types.get(key, Any)
         if field is None:
             close = difflib.get_close_matches(key, list(known), n=1)
-            found.append((path, key, ".".join((*path, close[0])) if close else None))
-        elif dataclasses.is_dataclass(field.type) and isinstance(value, dict):
-            kept[key] = _unknown_keys(field.type, value, (*path, key), found)
+            found.append((path, key, {"suggestion": ".".join((*path, close[0])) if close
+                                      else None}))
+        elif dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            kept[key] = _unusable_keys(hint, value, (*path, key), found)
+        elif dataclasses.is_dataclass(hint) or not fits(value, hint):
+            found.append((path, key, _mistyped(key, value, hint)))
         else:
             kept[key] = value
     return kept
 
 
 class _CollectingConfigManager(ConfigManager):
-    """torchtitan's ConfigManager, collecting unknown TOML keys instead of stopping at them."""
+    """torchtitan's ConfigManager, collecting unknown and mistyped TOML keys instead of stopping
+    at the first or passing them on."""
 
     def __init__(self, config_file: str | None) -> None:
         super().__init__()
@@ -129,15 +179,48 @@ class _CollectingConfigManager(ConfigManager):
         if self.unknown or self.config_file is None or not dataclasses.is_dataclass(cls):
             return super()._dict_to_dataclass(cls, data)
         found: _Found = []
-        data = _unknown_keys(cls, data, (), found)
+        data = _unusable_keys(cls, data, (), found)
         if found:
             with open(self.config_file, encoding="utf-8", errors="replace") as f:
                 text = f.read()
             self.unknown = [
-                UnknownKey(self.config_file, _line_of(text, path, k), ".".join((*path, k)), close)
-                for path, k, close in found
+                UnknownKey(self.config_file, _line_of(text, path, k), ".".join((*path, k)),
+                           **fields)
+                for path, k, fields in found
             ]
         return super()._dict_to_dataclass(cls, data)
+
+    def _maybe_add_custom_config(
+        self, args: list[str], toml_values: dict[str, Any] | None
+    ) -> type:
+        try:
+            return super()._maybe_add_custom_config(args, toml_values)
+        except Exception as exc:  # importing runs the module's code: report whatever it raises
+            job = (toml_values or {}).get("job", {})
+            name = _flag_value(args, _CUSTOM_MODULE_FLAGS) or (
+                job.get("custom_config_module") if isinstance(job, dict) else None)
+            raise ValueError(
+                f"{self._where('job.custom_config_module')}: {name!r} cannot be used as a "
+                f"custom config module ({type(exc).__name__}: {exc}); it must be importable "
+                f"and define JobConfig, e.g. {CUSTOM_CONFIG_MODULE!r}"
+            ) from None
+
+    def _validate_config(self) -> None:
+        try:
+            super()._validate_config()
+        except Exception as exc:
+            # torchtitan raises a bare Exception for an hf_assets_path that names the old
+            # tokenizer.model file; anything else is not a user's mistake.
+            if "old tokenizer.model" not in str(exc):
+                raise
+            raise ValueError(
+                f"{self._where('model.hf_assets_path')} = "
+                f"{self.config.model.hf_assets_path!r} is the old tokenizer.model file; name "
+                "the directory of the HF tokenizer files (tokenizer.json, ...) instead"
+            ) from None
+
+    def _where(self, key: str) -> str:
+        return f"{self.config_file}: {key}" if self.config_file else key
 
 
 def with_phases_section(args: list[str]) -> list[str]:
@@ -202,25 +285,38 @@ def _parse_capturing_tyro(manager: ConfigManager, args: list[str]) -> JobConfig:
         if exc.code in (0, None):  # --help
             sys.stdout.write(captured.getvalue())
             raise
-        # tyro points at the running program's --help, which for titan-phases or torchrun is
-        # not where torchtitan's flags are listed.
-        lines = [
-            line for line in captured.getvalue().rstrip().splitlines()
-            if "For full helptext, run" not in line
-        ]
-        lines.append("Every flag: python -m titan_phases.train --job.config_file JOB.toml --help")
-        raise CommandLineError("\n".join(lines)) from None
+        raise CommandLineError(_tyro_error(captured.getvalue())) from None
+
+
+# A flag as tyro prints it, with "-" between words (``--phases.lr-scale``).
+_FLAG = re.compile(r"--[A-Za-z][\w.-]*")
+
+
+def _tyro_error(text: str) -> str:
+    """tyro's error box, as torchtitan's flags are written (``--phases.lr_scale``), without its
+    closing pointer to the running program's --help: for titan-phases or torchrun that is not
+    where torchtitan's flags are listed. The pointer is last and may wrap over several lines."""
+    lines = text.rstrip().splitlines()
+    end = next((i for i, line in enumerate(lines) if "For full helptext" in line), len(lines))
+    lines = lines[:end]
+    while lines and not lines[-1].strip(" -\u2500\u2501"):  # the rule above the pointer
+        lines.pop()
+    lines = [_FLAG.sub(lambda m: "--" + m.group()[2:].replace("-", "_"), line).rstrip()
+             for line in lines]
+    lines.append("Every flag: python -m titan_phases.train --job.config_file JOB.toml --help")
+    return "\n".join(lines)
 
 
 class UnknownKeysError(ValueError):
-    """The job TOML sets keys that no config section has."""
+    """The job TOML sets keys that no config section has, or values of the wrong type."""
 
     def __init__(self, unknown: list[UnknownKey]) -> None:
         self.unknown = unknown
-        super().__init__(
-            "unknown keys in the job config:\n"
-            + "\n".join(f"  - {u.where}: {u.key}: {u.hint}" for u in unknown)
-        )
+        super().__init__("unusable keys in the job config:\n" + _listed(unknown))
+
+
+def _listed(unknown: list[UnknownKey]) -> str:
+    return "\n".join(f"  - {u.where}: {u.key}: {u.message} -> {u.hint}" for u in unknown)
 
 
 def parse_job_config(
@@ -236,20 +332,30 @@ def parse_job_config(
     itself define ``phases`` (e.g. by subclassing this package's ``JobConfig``), unless
     ``require_phases`` is false (a job run on torchtitan's stock Trainer).
 
-    Keys of the job TOML that no section has are left out and appended to ``unknown_keys``
-    when a list is given (so that the caller can go on checking and report them with the rest);
-    without one they raise :class:`UnknownKeysError`.
+    Keys of the job TOML that no section has, and values that are not of their field's type,
+    are left out and appended to ``unknown_keys`` when a list is given (so that the caller can
+    go on checking and report them with the rest); without one they raise
+    :class:`UnknownKeysError`.
 
     Raises:
-        ValueError: the resulting config has no ``phases`` section.
+        ValueError: the resulting config has no ``phases`` section, the custom config module
+            cannot be imported, or ``model.hf_assets_path`` names an old ``tokenizer.model``.
         JobConfigFileError: the job TOML cannot be read or is malformed.
         UnknownKeysError: see above.
-        CommandLineError: tyro rejected a flag; the message is tyro's.
+        CommandLineError: tyro rejected a flag; the message is tyro's, followed by the job
+            TOML's unusable keys found before.
         SystemExit: ``--help`` (tyro printed it).
     """
     args = with_phases_section(args)
     manager = _CollectingConfigManager(_flag_value(args, _CONFIG_FILE_FLAGS))
-    job_config = _parse_capturing_tyro(manager, args)
+    try:
+        job_config = _parse_capturing_tyro(manager, args)
+    except CommandLineError as exc:
+        if not manager.unknown:
+            raise
+        raise CommandLineError(
+            f"{exc}\nand the job config has these problems too:\n{_listed(manager.unknown)}"
+        ) from None
     if manager.unknown:
         if unknown_keys is None:
             raise UnknownKeysError(manager.unknown)

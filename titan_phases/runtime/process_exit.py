@@ -38,6 +38,10 @@ files, a checkpoint the schedule cannot resume); nothing was run or written."""
 EXIT_DIVERGED = 3
 """Training stopped at a non-finite loss, before saving that step (``phases.nonfinite_loss``)."""
 
+EXIT_SAVE_FAILED = 74
+"""A checkpoint could not be written (a full disk): training stopped at that save; the
+checkpoints before it are intact. 74 is EX_IOERR of BSD's sysexits."""
+
 EXIT_PREEMPTED = 75
 """SIGTERM: the step in progress was finished and saved in full; rerun the same command to
 continue. 75 is EX_TEMPFAIL of BSD's sysexits, "try again later"."""

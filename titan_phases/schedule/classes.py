@@ -3,19 +3,28 @@
 The same functions turn ``init_args`` into constructor keyword arguments for validation and for
 the runtime, so what validates is what runs. Dry instantiation uses CPU dummy parameters: an
 argument only a GPU accepts would be rejected here.
+
+**Limitations** An LR scheduler is dry-run around a few param groups, not one per phase (see
+:func:`dry_run_group_count`): a class whose constructor or first step depends on the number of
+groups other than through a per-group list argument is not checked against the real number.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import functools
 import importlib
+import inspect
+import typing
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.optim import lr_scheduler as lrs
+
+from titan_phases.config.typecheck import describe, fits
 
 # FTS's tested list: each steps with the optimizer and accepts param groups added later.
 SUPPORTED_LR_SCHEDULERS: tuple[type, ...] = (
@@ -126,6 +135,38 @@ def lr_scheduler_kwargs(cls: type, init_args: Mapping[str, Any]) -> dict[str, An
     return kwargs
 
 
+@functools.cache
+def _init_arg_types(cls: type) -> dict[str, Any]:
+    try:
+        # torch imports some annotation types (Callable, Iterable) for type checkers only.
+        return typing.get_type_hints(cls.__init__, localns=vars(collections.abc))
+    except Exception:  # evaluating annotations runs the class's module code
+        return {}
+
+
+def mistyped_init_args(cls: type, init_args: Mapping[str, Any]) -> dict[str, str]:
+    """``{name: the annotated type in words}`` for each of ``init_args`` whose value cannot be of
+    the type ``cls``'s constructor annotates it with (``step_size = "5"``), which a constructor
+    often stores unchecked until a training step uses it. Unannotated classes are not checked;
+    ``lr_lambda`` specs are checked when they are imported, and ``params`` and ``optimizer``
+    (set by titan_phases) by the dry runs."""
+    types = _init_arg_types(cls)
+    skip = {"params", "optimizer"}
+    if issubclass(cls, LAMBDA_SCHEDULERS):
+        skip.add("lr_lambda")
+    return {name: describe(types[name]) for name, value in init_args.items()
+            if name in types and name not in skip and not fits(value, types[name])}
+
+
+def has_default(cls: type, name: str) -> bool:
+    """Whether ``cls``'s constructor argument ``name`` may be left out."""
+    try:
+        parameter = inspect.signature(cls).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is not inspect.Parameter.empty
+
+
 def _dummy_params(n: int) -> list[torch.nn.Parameter]:
     # 2-D so that optimizers restricted to matrices (e.g. Muon) construct.
     return [torch.nn.Parameter(torch.zeros(2, 2)) for _ in range(n)]
@@ -138,14 +179,49 @@ def dry_run_optimizer(cls: type, init_args: Mapping[str, Any]) -> None:
     cls(_dummy_params(1), **init_args)
 
 
+# Phase 0's group and the new one. More groups change what a scheduler's constructor and first
+# step do only through per-group list arguments, whose lengths dry_run_group_count honours.
+_DRY_RUN_GROUPS = 2
+
+
+def dry_run_group_count(init_args: Mapping[str, Any], n_groups: int) -> int:
+    """How many param groups a dry run needs to pass exactly when one with ``n_groups`` groups
+    passes: ``n_groups`` when a list in ``init_args`` has that length (a per-group list such as
+    LambdaLR's ``lr_lambda``, CyclicLR's ``max_lr`` or ReduceLROnPlateau's ``min_lr``), else a
+    small count that is no list's length, so a per-group list of the wrong length still fails.
+    A schedule of N phases thus dry-runs O(N) groups in all, not O(N^2)."""
+    lengths = {len(v) for v in init_args.values() if isinstance(v, (list, tuple))}
+    if n_groups in lengths:
+        return n_groups
+    count = min(n_groups, _DRY_RUN_GROUPS)
+    while count in lengths:  # ends below n_groups, which is no list's length
+        count += 1
+    return count
+
+
+def _dummy_optimizer(group_lrs: Sequence[float]) -> torch.optim.SGD:
+    params = _dummy_params(len(group_lrs))
+    optimizer = torch.optim.SGD([{"params": params[:1], "lr": group_lrs[0]}])
+    # What add_param_group would do, minus its comparison of each new group with every earlier
+    # one (quadratic in the number of groups; these parameters are distinct by construction).
+    for param, lr in zip(params[1:], group_lrs[1:]):
+        optimizer.param_groups.append({**optimizer.defaults, "params": [param], "lr": lr})
+    return optimizer
+
+
 def dry_run_lr_scheduler(
     cls: type, init_args: Mapping[str, Any], group_lrs: Sequence[float]
 ) -> None:
-    """Construct ``cls`` around an SGD optimizer with one dummy param group per lr."""
+    """Construct ``cls`` around an SGD optimizer with one dummy param group per lr and step it
+    once, as the first training step of its phase will; raises what either raises."""
     if "optimizer" in init_args:
         raise ValueError("'optimizer' is set by titan_phases; remove it from init_args")
     kwargs = lr_scheduler_kwargs(cls, init_args)
-    groups = [{"params": [p], "lr": lr} for p, lr in zip(_dummy_params(len(group_lrs)), group_lrs)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cls(torch.optim.SGD(groups), **kwargs)
+        scheduler = cls(_dummy_optimizer(group_lrs), **kwargs)
+        # Values only a step uses (T_max = 0, a step_size of the wrong type) fail here.
+        if isinstance(scheduler, lrs.ReduceLROnPlateau):
+            scheduler.step(0.0)
+        else:
+            scheduler.step()

@@ -33,10 +33,8 @@ class Problem:
 
 
 def unknown_key_problems(unknown: Iterable[UnknownKey]) -> list[Problem]:
-    """The job TOML's unknown keys as problems, to report with the schedule's."""
-    return [
-        Problem(u.where, None, u.key, "no config section has this key", u.hint) for u in unknown
-    ]
+    """The job TOML's unknown and mistyped keys as problems, to report with the schedule's."""
+    return [Problem(u.where, None, u.key, u.message, u.hint) for u in unknown]
 
 
 class ScheduleError(ValueError):
@@ -59,6 +57,10 @@ class Problems:
     def __init__(self) -> None:
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
+        # has() is asked once per phase; scanning every error each time would make a long
+        # schedule full of errors quadratic. Errors appended to ``errors`` directly count too.
+        self._keys_by_phase: dict[int | None, list[str]] = {}
+        self._indexed = 0
 
     def error(self, source: str, phase: int | None, key: str, message: str, hint: str = "") -> None:
         self.errors.append(Problem(source, phase, key, message, hint))
@@ -67,7 +69,10 @@ class Problems:
         self.warnings.append(Problem(source, phase, key, message, hint))
 
     def has(self, phase: int | None, key: str) -> bool:
-        return any(p.phase == phase and p.key.startswith(key) for p in self.errors)
+        for problem in self.errors[self._indexed:]:
+            self._keys_by_phase.setdefault(problem.phase, []).append(problem.key)
+        self._indexed = len(self.errors)
+        return any(k.startswith(key) for k in self._keys_by_phase.get(phase, ()))
 
     def raise_if_any(self) -> None:
         """Raise ScheduleError with the errors: settings first, then phase by phase, each group

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import math
 import re
 import tomllib
@@ -39,6 +40,7 @@ _FTS_KEY_HINTS = {
     "lr_scheduler_init": "put class_path and init_args directly under new_lr_scheduler",
     "pl_lrs_cfg": "remove it: torchtitan steps LR schedulers once per training step",
 }
+_MAX_MISSING_SHOWN = 10
 
 
 def resolve_schedule_path(schedule_file: str, config_path: str | None) -> Path:
@@ -208,11 +210,19 @@ def _parse_params(raw: Any, source: str, phase: int, problems: Problems) -> tupl
                        f"got {raw!r}", "list the parameters this phase thaws")
         return ()
     patterns = []
+    first_index: dict[str, int] = {}
     for i, pattern in enumerate(raw):
         if not isinstance(pattern, str) or not pattern.strip():
             problems.error(source, phase, f"params[{i}]",
                            f"expected a parameter name or regex, got {pattern!r}")
             continue
+        if pattern in first_index:
+            # Harmless to matching, but usually a copy that was meant to be edited.
+            problems.error(source, phase, f"params[{i}]",
+                           f"{pattern!r} is listed twice (also params[{first_index[pattern]}])",
+                           "remove the copy, or change it to the parameters it was meant for")
+            continue
+        first_index[pattern] = i
         try:
             re.compile(pattern)
         except re.error as e:
@@ -294,10 +304,15 @@ def parse_schedule(raw: Mapping[Any, Any], source: str, problems: Problems) -> P
         by_index[index] = table
         first_key[index] = key
 
-    missing = sorted(set(range(max(by_index, default=-1) + 1)) - set(by_index))
-    if missing:
+    # Not range(max key) as a set: a key such as [100000000] would take that much memory.
+    n_phases = max(by_index, default=-1) + 1
+    n_missing = n_phases - len(by_index)
+    if n_missing:
+        shown = list(itertools.islice((i for i in range(n_phases) if i not in by_index),
+                                      _MAX_MISSING_SHOWN))
+        more = f" and {n_missing - len(shown)} more" if n_missing > len(shown) else ""
         problems.error(source, None, "(phase keys)", f"phases must be numbered 0..N-1 without "
-                       f"gaps; missing {missing}", "renumber the phase tables")
+                       f"gaps; missing {shown}{more}", "renumber the phase tables")
 
     phases = tuple(_parse_phase(i, by_index[i], source, problems) for i in sorted(by_index))
     return PhaseSchedule(phases, source)

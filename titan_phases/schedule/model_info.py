@@ -26,10 +26,20 @@ def meta_model(job_config: JobConfig, source: str = "job config") -> torch.nn.Mo
     """The job's model built on the meta device, as torchtitan's Trainer would build it.
 
     Imports ``[experimental] custom_import`` first, as the Trainer does, so that TrainSpecs it
-    registers are found. Raises ScheduleError for an unknown model name or flavor.
+    registers are found. Raises ScheduleError for a custom import that fails, or an unknown
+    model name or flavor.
     """
-    if job_config.experimental.custom_import:
-        importlib.import_module(job_config.experimental.custom_import)
+    custom_import = job_config.experimental.custom_import
+    if custom_import:
+        try:
+            importlib.import_module(custom_import)
+        except Exception as e:  # importing runs the module's code: report whatever it raises
+            raise ScheduleError([Problem(
+                source, None, "experimental.custom_import",
+                f"cannot import {custom_import!r}: {type(e).__name__}: {e}",
+                "name an importable module (a dotted name, relative to the working directory "
+                "or installed), or leave it empty",
+            )]) from None
     name, flavor = job_config.model.name, job_config.model.flavor
     try:
         train_spec = get_train_spec(name)
@@ -54,7 +64,7 @@ def meta_model(job_config: JobConfig, source: str = "job config") -> torch.nn.Mo
 def model_param_numels(job_config: JobConfig, source: str = "job config") -> dict[str, int]:
     """``{canonical parameter name: number of elements}`` in ``named_parameters()`` order.
 
-    Raises ScheduleError for an unknown model name or flavor (see :func:`meta_model`).
+    Raises ScheduleError as :func:`meta_model` does.
     """
     model = meta_model(job_config, source)
     numels = {canonical_param_name(n): p.numel() for n, p in model.named_parameters()}

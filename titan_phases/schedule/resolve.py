@@ -7,11 +7,12 @@ gets the same :class:`ResolvedSchedule`, or the same :class:`ScheduleError`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from torchtitan.config import JobConfig
 
@@ -63,6 +64,20 @@ class PhasePlan:
     """A new LR scheduler, or None to let the running one cover the new group."""
     max_norm: float
     """Gradient clipping norm during the phase."""
+
+
+class _PhaseTables(NamedTuple):
+    """Per-phase values of a ResolvedSchedule that depend on the phases before, built in one
+    pass so that asking about every phase (the phase table, each transition's plan) costs O(N)
+    in all rather than O(N^2)."""
+
+    optimizer: tuple[OptimizerInit | None, ...]
+    """The latest ``new_optimizer`` up to each phase."""
+    max_norm: tuple[float, ...]
+    group_lr: tuple[float, ...]
+    latest_init_pg_lrs: tuple[int | None, ...]
+    """The latest phase >= 1 up to each phase whose new LR scheduler has ``init_pg_lrs``."""
+    phase_of: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -132,10 +147,41 @@ class ResolvedSchedule:
             max_norm=self.max_norm_at(k),
         )
 
+    @functools.cached_property
+    def _tables(self) -> _PhaseTables:
+        optimizer: list[OptimizerInit | None] = []
+        max_norm: list[float] = []
+        group_lr: list[float] = []
+        latest_init_pg_lrs: list[int | None] = []
+        init, init_lr, norm, given = None, None, self.base_max_norm, None
+        for phase in self.phases:
+            if phase.new_optimizer is not None:
+                init = phase.new_optimizer
+                init_lr = float(init.init_args["lr"]) if "lr" in init.init_args else init_lr
+            norm = norm if phase.max_norm is None else phase.max_norm
+            scheduler = phase.new_lr_scheduler
+            own_lrs = scheduler.init_pg_lrs if scheduler is not None else None
+            if own_lrs is not None and phase.index > 0:
+                given = phase.index
+            optimizer.append(init)
+            max_norm.append(norm)
+            latest_init_pg_lrs.append(given)
+            if own_lrs is not None:
+                group_lr.append(own_lrs[phase.index] * self.lr_scale)
+            elif phase.lr is not None:
+                group_lr.append(phase.lr * self.lr_scale)
+            else:
+                group_lr.append((self.base_lr if init_lr is None else init_lr) * self.lr_scale)
+        phase_of: dict[str, int] = {}
+        for k, names in enumerate(self.phase_params):
+            for name in names:
+                phase_of.setdefault(name, k)
+        return _PhaseTables(tuple(optimizer), tuple(max_norm), tuple(group_lr),
+                            tuple(latest_init_pg_lrs), phase_of)
+
     def phase_of(self, name: str) -> int | None:
         """The phase that thaws parameter ``name`` (wrapped names accepted), None if never."""
-        name = canonical_param_name(name)
-        return next((k for k, names in enumerate(self.phase_params) if name in names), None)
+        return self._tables.phase_of.get(canonical_param_name(name))
 
     def trainable_params(self, k: int) -> tuple[str, ...]:
         """All parameters trainable during phase ``k``: those of phases 0..k."""
@@ -144,23 +190,13 @@ class ResolvedSchedule:
     def optimizer_at(self, k: int) -> OptimizerInit | None:
         """The optimizer config in effect during phase ``k``: the latest ``new_optimizer`` at or
         before it, or None for torchtitan's ``[optimizer]``."""
-        return next((p.new_optimizer for p in reversed(self.phases[: k + 1])
-                     if p.new_optimizer is not None), None)
+        return self._tables.optimizer[k]
 
     def group_lr(self, k: int) -> float:
         """Initial lr of the param group phase ``k`` adds, ``lr_scale`` applied: the last entry
         of the phase's ``init_pg_lrs``, else its ``lr``, else ``init_args.lr`` of the latest
         ``new_optimizer`` (up to phase k) that sets one, else ``[optimizer] lr``."""
-        phase = self.phases[k]
-        scheduler = phase.new_lr_scheduler
-        if scheduler is not None and scheduler.init_pg_lrs is not None:
-            return scheduler.init_pg_lrs[k] * self.lr_scale
-        if phase.lr is not None:
-            return phase.lr * self.lr_scale
-        for p in reversed(self.phases[: k + 1]):
-            if p.new_optimizer is not None and "lr" in p.new_optimizer.init_args:
-                return float(p.new_optimizer.init_args["lr"]) * self.lr_scale
-        return self.base_lr * self.lr_scale
+        return self._tables.group_lr[k]
 
     def initial_lrs(self, k: int) -> tuple[float, ...]:
         """The initial lr of every param group (phases 0..k) in phase ``k``, ``lr_scale``
@@ -178,12 +214,12 @@ class ResolvedSchedule:
         rescales the restarted groups by the running lambda), values known only at run time;
         this keeps the phase lr.
         """
-        lrs = [self._phase0_initial_lr(k), *(self.group_lr(i) for i in range(1, k + 1))]
-        for j in range(1, k + 1):
-            given = self.init_pg_lrs(j)
-            if given is not None:
-                lrs[: j + 1] = given
-        return tuple(lrs)
+        group_lr = self._tables.group_lr
+        # The latest init_pg_lrs covers groups 0..j, and so every earlier one.
+        j = self._tables.latest_init_pg_lrs[k]
+        if j is None:
+            return (self._phase0_initial_lr(k), *group_lr[1 : k + 1])
+        return (*self.init_pg_lrs(j), *group_lr[j + 1 : k + 1])
 
     def _phase0_initial_lr(self, k: int) -> float:
         init = self.optimizer_at(k)
@@ -206,8 +242,7 @@ class ResolvedSchedule:
     def max_norm_at(self, k: int) -> float:
         """Gradient clipping norm during phase ``k``: the latest per-phase ``max_norm`` up to
         phase k, else ``[training] max_norm``."""
-        return next((p.max_norm for p in reversed(self.phases[: k + 1])
-                     if p.max_norm is not None), self.base_max_norm)
+        return self._tables.max_norm[k]
 
     def optimizer_kwargs(self, init: OptimizerInit) -> dict[str, Any]:
         """Constructor kwargs for ``init``'s class (params excluded), ``lr`` scaled."""

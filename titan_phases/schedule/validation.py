@@ -10,40 +10,27 @@ import dataclasses
 import inspect
 import math
 import typing
-from typing import Any, Literal, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torchtitan.config import JobConfig
 
 from titan_phases.config.job_config import Phases
+from titan_phases.config.typecheck import describe, fits
 
 from . import classes
 from .errors import Problems
-from .loading import is_number, parse_lr_scheduler_init, parse_optimizer_init
+from .loading import parse_lr_scheduler_init, parse_optimizer_init
 from .schema import LRSchedulerInit, OptimizerInit, PhaseSchedule
 
 _DUMMY_LR = 1.0e-3
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
-    if typing.get_origin(hint) is Literal:
-        return value in typing.get_args(hint)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return is_number(value) and math.isfinite(value)
-    return isinstance(value, typing.get_origin(hint) or hint)
-
-
-def _expected(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(hint))
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, "a table"
-    )
+    # A NaN or infinite [phases] number is never meant.
+    return fits(value, hint) and (hint is not float or math.isfinite(value))
 
 
 class Settings(NamedTuple):
@@ -62,12 +49,12 @@ def check_settings(
     hints = typing.get_type_hints(Phases)
     valid = set()
     for f in dataclasses.fields(Phases):
-        value = getattr(cfg, f.name)
-        if _type_ok(value, hints[f.name]):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        if _type_ok(value, hint):
             valid.add(f.name)
         else:
-            problems.error(source, None, f"phases.{f.name}",
-                           f"expected {_expected(hints[f.name])}, got {value!r}")
+            expected = "a finite number" if fits(value, hint) else describe(hint)
+            problems.error(source, None, f"phases.{f.name}", f"expected {expected}, got {value!r}")
 
     ranges = {
         "lr_scale": (lambda v: v > 0, "must be > 0"),
@@ -241,9 +228,24 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _typed_init_args(cls: type, init_args: Mapping[str, Any], source: str, phase: int | None,
+                     prefix: str, problems: Problems) -> Mapping[str, Any] | None:
+    """Report each of ``init_args`` whose value is not of its annotated type; return the others
+    to dry-run with, or None when a required one is mistyped (a dry run would only fail on it
+    again)."""
+    mistyped = classes.mistyped_init_args(cls, init_args)
+    for name, expected in mistyped.items():
+        problems.error(source, phase, f"{prefix}.init_args.{name}",
+                       f"expected {expected}, got {init_args[name]!r}", _signature_hint(cls))
+    if not all(classes.has_default(cls, name) for name in mistyped):
+        return None
+    return {k: v for k, v in init_args.items() if k not in mistyped}
+
+
 def check_optimizer(init: OptimizerInit, source: str, phase: int | None, prefix: str,
                     problems: Problems) -> None:
-    """Import the class, check it is an Optimizer, construct it over a dummy parameter."""
+    """Import the class, check it is an Optimizer, check the types of ``init_args`` and
+    construct it over a dummy parameter."""
     try:
         cls = classes.import_class(init.class_path, Optimizer, "a torch.optim.Optimizer subclass")
     except classes.WrongKindError as e:
@@ -255,8 +257,11 @@ def check_optimizer(init: OptimizerInit, source: str, phase: int | None, prefix:
                        f"cannot import {init.class_path!r}: {_error_text(e)}",
                        "check the dotted path and that its package is installed")
         return
+    init_args = _typed_init_args(cls, init.init_args, source, phase, prefix, problems)
+    if init_args is None:
+        return
     try:
-        classes.dry_run_optimizer(cls, init.init_args)
+        classes.dry_run_optimizer(cls, init_args)
     except Exception as e:
         problems.error(source, phase, f"{prefix}.init_args",
                        f"{cls.__name__}(**init_args) fails: {_error_text(e)}", _signature_hint(cls))
@@ -267,7 +272,8 @@ def check_lr_scheduler(
     cfg: Phases, job_config: JobConfig, problems: Problems,
 ) -> None:
     """Import and classify the scheduler, check ``init_pg_lrs`` against the ``n_groups`` param
-    groups of the phase, and construct it around a dummy optimizer with that many groups."""
+    groups of the phase and the types of ``init_args``, and dry-run it as if around that many
+    groups (:func:`_dry_run_lr_scheduler`)."""
     try:
         cls = classes.import_class(init.class_path, (LRScheduler, ReduceLROnPlateau),
                                    "a torch.optim.lr_scheduler class")
@@ -309,15 +315,44 @@ def check_lr_scheduler(
                 f"group(s) (one per phase 0..{n_groups - 1})",
                 f"give exactly {n_groups} lrs, the last one for this phase's new group",
             )
-    group_lrs = [_DUMMY_LR] * n_groups
-    if init.init_pg_lrs is not None and len(init.init_pg_lrs) == n_groups:
-        group_lrs = list(init.init_pg_lrs)
-    try:
-        classes.dry_run_lr_scheduler(cls, init.init_args, group_lrs)
-    except Exception as e:
+    init_args = _typed_init_args(cls, init.init_args, source, phase, prefix, problems)
+    if init_args is None:
+        return
+    init_pg_lrs = init.init_pg_lrs
+    if init_pg_lrs is not None and len(init_pg_lrs) != n_groups:
+        init_pg_lrs = None  # reported above
+    error = _dry_run_lr_scheduler(cls, init_args, n_groups, init_pg_lrs)
+    if error is not None:
         problems.error(source, phase, f"{prefix}.init_args",
-                       f"{cls.__name__}(optimizer, **init_args) fails: {_error_text(e)}",
+                       f"{cls.__name__}(optimizer, **init_args) fails: {_error_text(error)}",
                        _signature_hint(cls))
+
+
+def _dry_run_lr_scheduler(cls: type, init_args: Mapping[str, Any], n_groups: int,
+                          init_pg_lrs: Sequence[float] | None) -> Exception | None:
+    """What constructing and stepping ``cls`` around ``n_groups`` param groups raises, or None.
+
+    With ``init_pg_lrs`` (as long as the phase's groups, like the schedule text) every group
+    takes part. Otherwise the run passes with :func:`classes.dry_run_group_count` groups exactly
+    when it would with all of them; a failing run with fewer groups and a list argument is
+    repeated with all of them, so that a per-group list of the wrong length is reported with
+    the phase's real count.
+    """
+    if init_pg_lrs is not None:
+        attempts = [list(init_pg_lrs)]
+    else:
+        count = classes.dry_run_group_count(init_args, n_groups)
+        attempts = [[_DUMMY_LR] * count]
+        if count != n_groups and any(isinstance(v, (list, tuple)) for v in init_args.values()):
+            attempts.append([_DUMMY_LR] * n_groups)
+    error = None
+    for group_lrs in attempts:
+        try:
+            classes.dry_run_lr_scheduler(cls, init_args, group_lrs)
+            return None
+        except Exception as e:  # the class's own code runs: report whatever it raises
+            error = e
+    return error
 
 
 def check_reinits(schedule: PhaseSchedule, cfg: Phases, job_config: JobConfig,
