@@ -91,8 +91,8 @@ _tp_bootstrap() {
     stamp="$TITAN_PHASES_VENV/.titan_phases-installed"
     want="$(cat "$_tp_root/pyproject.toml" | cksum)"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        _tp_log "installing titan_phases (editable) with test extras"
-        "$venv_python" -m pip install --quiet -e "$_tp_root[dev]" || return 1
+        _tp_log "installing titan_phases (editable) with test and plot extras"
+        "$venv_python" -m pip install --quiet -e "$_tp_root[dev,plot]" || return 1
         echo "$want" >"$stamp"
     fi
     PYTHON="$venv_python"

@@ -474,3 +474,6 @@ def test_run_train_refuses_malformed_input_before_training(case: Case, tmp_path:
     assert not dump.exists()
     assert "Training starts" not in output
     assert not re.search(r"step:\s*\d", output)
+    # Found before torchrun starts: reported once, not once per rank.
+    assert output.count("nothing was run") == 1
+    assert "torch.distributed" not in output

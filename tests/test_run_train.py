@@ -71,3 +71,35 @@ def test_frozen_params_stay_bitwise_until_their_phase_thaws_them(default_job: Pa
         for name, tensor in pretrained.items():
             changed = not torch.equal(at[step][name], tensor)
             assert changed == (thawed_in(name) <= phase), (name, step)
+
+
+def test_plot_draws_the_default_job_from_its_metrics(default_job: Path, tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    from titan_phases.cli import main
+    from titan_phases.interop.plot import plot_timeline
+    from titan_phases.interop.timeline import read_timeline
+
+    out = tmp_path / "timeline.png"
+    assert main(["plot", str(default_job), "--out", str(out)]) == 0
+    assert matplotlib.image.imread(out).shape[:2] == (900, 1000)
+
+    lines = (default_job / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    train = {r["step"]: r for r in records if r["type"] == "train"}
+    validation = {r["step"]: r["loss"] for r in records if r["type"] == "validation"}
+    figure = plot_timeline(read_timeline(default_job / "metrics.jsonl"), "default job")
+    drawn = {line.get_label(): line for ax in figure.axes for line in ax.get_lines()}
+    steps = sorted(train)
+    assert list(drawn["training loss"].get_xdata()) == steps
+    assert list(drawn["training loss"].get_ydata()) == [train[s]["loss"] for s in steps]
+    assert list(drawn["validation loss"].get_ydata()) == [validation[s] for s in sorted(validation)]
+    for group in range(3):
+        lr = drawn[f"group {group} (phase {group})"]
+        in_group = [s for s in steps if len(train[s]["lr"]) > group]
+        assert list(lr.get_xdata()) == in_group
+        assert list(lr.get_ydata()) == [train[s]["lr"][group] for s in in_group]
+    assert list(drawn["trainable params"].get_ydata()) == [
+        train[s]["trainable_params"] for s in steps
+    ]

@@ -1,4 +1,5 @@
-"""``titan-phases``: check, show, generate and import phase schedules without training.
+"""``titan-phases``: check, show, generate and import phase schedules without training, and
+plot a run's timeline.
 
 Every subcommand that reads a job also takes torchtitan's own flags, recognised by the dot in
 their name (``--job.config_file X --phases.lr_scale 0.1 ...``); they are parsed by torchtitan's
@@ -21,7 +22,9 @@ from typing import Any
 from titan_phases.config import CommandLineError, parse_job_config, PretrainedStage, UnknownKey
 from titan_phases.interop.fts_import import convert_fts_schedule, FTS_BASE_MAX_LR, load_fts_yaml
 from titan_phases.interop.hf_names import job_hf_names, to_titan_names
+from titan_phases.interop.plot import plot_timeline, PlotUnavailable
 from titan_phases.interop.table import phase_rows, render_table
+from titan_phases.interop.timeline import read_timeline
 from titan_phases.interop.toml_writer import dumps
 from titan_phases.prepare import pending_recipe, RecipeError, resume_problem
 from titan_phases.runtime.process_exit import EXIT_INVALID_INPUT
@@ -239,6 +242,29 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _plot(args: argparse.Namespace, rest: list[str]) -> int:
+    if rest:
+        raise _InvalidInput(f"plot takes no torchtitan flags: {' '.join(rest)}")
+    source = Path(args.metrics)
+    metrics = source / "metrics.jsonl" if source.is_dir() else source
+    if not metrics.is_file():
+        raise _InvalidInput(
+            f"{metrics} does not exist: give a run's metrics.jsonl or its job.dump_folder"
+        )
+    out = Path(args.out) if args.out else metrics.with_name("timeline.png")
+    timeline = read_timeline(metrics)
+    if not timeline.steps:
+        raise _InvalidInput(f"{metrics} holds no training step yet")
+    try:
+        figure = plot_timeline(timeline, args.title or str(metrics.parent))
+    except PlotUnavailable as e:
+        raise _InvalidInput(str(e)) from None
+    figure.savefig(out)
+    print(f"wrote {out}: steps {timeline.steps[0]}-{timeline.steps[-1]}, "
+          f"{len(timeline.phases)} phase(s), {timeline.starts} process start(s)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="titan-phases",
@@ -314,6 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
                           "(needs the job's flags)")
     fts.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     fts.set_defaults(run=_import_fts)
+
+    plot = sub.add_parser(
+        "plot", help="draw a run's metrics.jsonl as a PNG timeline",
+        description=textwrap.fill(
+            "Draw training and validation loss, the lr of every param group (log scale) and "
+            "the trainable params over the steps, with the phases as bands labelled with why "
+            "each began. Works on resumed runs and on runs still in progress. Needs "
+            "matplotlib (pip install 'titan_phases[plot]').", 79),
+        usage="titan-phases plot [-h] METRICS [--out PNG] [--title TITLE]", epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    plot.add_argument("metrics", metavar="METRICS",
+                      help="a run's metrics.jsonl, or its job.dump_folder")
+    plot.add_argument("--out", metavar="PNG",
+                      help="image to write (default: timeline.png beside metrics.jsonl)")
+    plot.add_argument("--title", help="the figure's title (default: the run's folder)")
+    plot.set_defaults(run=_plot)
     return parser
 
 

@@ -6,12 +6,15 @@ once and exits with code 2 before torchrun starts; builds the embedded corpora a
 (:mod:`titan_phases.data.assets`) when the job uses them; checks what the job would load
 (:func:`resume_problem`: the checkpoint it resumes, or its initial weights), as every rank
 will, so that a checkpoint the job cannot load is also refused with exit code 2 before any
-rank starts; and prints the ``[pretrained]`` recipe to run first when the job's initial
-checkpoint is missing and the recipe writes exactly that path (nothing otherwise).
+rank starts (file sizes only: the ranks hash the files, shared out among them, and fall back
+from a damaged checkpoint themselves); and prints the ``[pretrained]`` recipe to run first
+when the job's initial checkpoint is missing and the recipe writes exactly that path (nothing
+otherwise).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -74,11 +77,15 @@ def pending_recipe(initial_load_path: str | None, stage: PretrainedStage) -> str
 
 
 def resume_problem(
-    job_config: JobConfig, resolved: ResolvedSchedule, initial_weights_pending: bool
+    job_config: JobConfig,
+    resolved: ResolvedSchedule,
+    initial_weights_pending: bool,
+    checksums: bool = True,
 ) -> tuple[str | None, str | None]:
     """What the job would resume and what keeps it from loading, checked in this one process
     as every rank checks it (:func:`titan_phases.components.resume.resume_report`), with the
-    model's shapes taken from a meta-device model."""
+    model's shapes taken from a meta-device model. ``checksums=False`` checks the checkpoint's
+    file sizes only: the ranks read and hash it anyway, shared out among them."""
     checkpoint = job_config.checkpoint
     if not checkpoint.enable:
         return None, None
@@ -88,7 +95,7 @@ def resume_problem(
         checkpoint,
         os.path.join(job_config.job.dump_folder, checkpoint.folder),
         controller,
-        verify_checkpoint,
+        functools.partial(verify_checkpoint, checksums=checksums),
         shapes,
         initial_weights_pending,
     )
@@ -156,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"titan_phases: invalid job config, nothing was run: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
     if resolved is not None:
-        _, problem = resume_problem(job_config, resolved, initial_weights_pending=bool(recipe))
+        # Sizes only: hashing a large checkpoint in this one process would delay every start.
+        _, problem = resume_problem(
+            job_config, resolved, initial_weights_pending=bool(recipe), checksums=False
+        )
         if problem is not None:
             print(f"titan_phases: cannot resume, nothing was run: {problem}", file=sys.stderr)
             return EXIT_INVALID_INPUT

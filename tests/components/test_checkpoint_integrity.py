@@ -95,6 +95,15 @@ def test_64_flipped_bytes_load_silently_but_do_not_verify(tmp_path: Path):
     )
     (problem,) = verify(checkpoint)
     assert problem.startswith(f"{checkpoint / DATA}: contents changed since the save")
+    assert verify(checkpoint, checksums=False) == []  # sizes only: the ranks hash later
+
+
+def test_a_truncated_file_fails_even_the_size_check(tmp_path: Path):
+    checkpoint = _save(tmp_path / "step-1")
+    data = (checkpoint / DATA).read_bytes()
+    (checkpoint / DATA).write_bytes(data[: len(data) // 2])
+    (problem,) = verify(checkpoint, checksums=False)
+    assert problem.startswith(f"{checkpoint / DATA}: truncated")
 
 
 def test_damaged_metadata_and_missing_files_are_named(tmp_path: Path):

@@ -1,0 +1,116 @@
+"""A run's history read back from its ``metrics.jsonl``: what ``titan-phases plot`` draws.
+
+:func:`read_timeline` reads a file that may belong to a resumed run or to a run still in
+progress. A resumed run appends the steps it repeats after its last checkpoint (each process
+start begins with a ``run_start`` line), so the last record of a step wins, as the writer's
+docstring asks (:mod:`titan_phases.components.metrics`). A transition repeated by a restart
+is one transition. A line being written while the file is read is left out.
+
+**Limitations**
+Reads the records titan_phases writes: ``train`` (``loss``, ``lr`` per param group,
+``trainable_params``, ``phase``), ``validation``, ``transition`` and ``end``. A non-finite loss
+is stored as null and read as NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["PhaseBand", "Timeline", "read_timeline"]
+
+
+@dataclass(frozen=True)
+class PhaseBand:
+    """The steps a phase trained, and why it began (None for phase 0)."""
+
+    phase: int
+    first_step: int
+    last_step: int
+    reason: str | None
+
+
+@dataclass
+class Timeline:
+    """Per-step series of one run, in step order."""
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    validation_steps: list[int] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    lrs: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    """``{param group: (steps, lrs)}``; a group's series starts at the phase that added it."""
+    trainable_params: list[int | None] = field(default_factory=list)
+    phases: list[PhaseBand] = field(default_factory=list)
+    starts: int = 0
+    """Process starts (``run_start`` lines): 1 for a run that never stopped."""
+    end: str | None = None
+    """Why training ended early, if it did (an ``end`` record)."""
+
+
+def _records(path: Path) -> list[dict]:
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the line a running job is writing
+    return records
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _bands(train: dict[int, dict], transitions: dict[int, tuple[int, str]]) -> list[PhaseBand]:
+    # Steps are logged every log_freq steps: a band reaches from the step after the transition
+    # into it to the step of the transition out of it, where those are known.
+    bands: list[PhaseBand] = []
+    for step in sorted(train):
+        phase = train[step].get("phase", 0)
+        if bands and bands[-1].phase == phase:
+            bands[-1] = PhaseBand(phase, bands[-1].first_step, step, bands[-1].reason)
+        else:
+            entered = transitions.get(phase)
+            first = entered[0] + 1 if entered else step
+            bands.append(PhaseBand(phase, first, step, entered[1] if entered else None))
+    return [
+        PhaseBand(b.phase, b.first_step, transitions[b.phase + 1][0], b.reason)
+        if b.phase + 1 in transitions else b
+        for b in bands
+    ]
+
+
+def read_timeline(path: str | Path) -> Timeline:
+    """The timeline of ``path`` (a ``metrics.jsonl`` file)."""
+    train: dict[int, dict] = {}
+    validation: dict[int, float] = {}
+    transitions: dict[int, tuple[int, str]] = {}
+    timeline = Timeline()
+    for record in _records(Path(path)):
+        kind = record.get("type")
+        if kind == "run_start":
+            timeline.starts += 1
+        elif kind == "train":
+            train[record["step"]] = record
+        elif kind == "validation":
+            validation[record["step"]] = _number(record.get("loss"))
+        elif kind == "transition":
+            transitions[record["to_phase"]] = (record["step"], record["reason"])
+        elif kind == "end":
+            timeline.end = record.get("reason")
+    for step in sorted(train):
+        record = train[step]
+        timeline.steps.append(step)
+        timeline.loss.append(_number(record.get("loss")))
+        timeline.trainable_params.append(record.get("trainable_params"))
+        for group, lr in enumerate(record.get("lr") or []):
+            steps, values = timeline.lrs.setdefault(group, ([], []))
+            steps.append(step)
+            values.append(lr)
+    timeline.validation_steps = sorted(validation)
+    timeline.validation_loss = [validation[s] for s in timeline.validation_steps]
+    timeline.phases = _bands(train, transitions)
+    return timeline
