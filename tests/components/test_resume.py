@@ -131,6 +131,9 @@ def test_initial_weights_of_another_model_are_refused(tmp_path: Path):
     problem = initial_weights_problem(config, str(tmp_path / "ckpt"), {"w": (3,)})
     assert problem.startswith("[checkpoint] initial_load_path: ")
     assert "w is [2] there and [3] in this job's model" in problem
+    (initial / ".metadata").unlink()
+    problem = initial_weights_problem(config, str(tmp_path / "ckpt"), {"w": (2,)})
+    assert f"initial_load_path = {str(initial)!r} is not a complete DCP checkpoint" in problem
 
 
 def test_resume_report_refuses_a_checkpoint_of_another_model(tmp_path: Path):

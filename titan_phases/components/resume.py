@@ -201,7 +201,7 @@ def initial_weights_problem(
     """What keeps a fresh start from loading ``[checkpoint] initial_load_path``, or None.
 
     The path must be a folder (torchtitan only says "the path is not valid", without naming
-    it) and, unless it is in HF format, hold a checkpoint of this model.
+    it) and, unless it is in HF format, hold a complete checkpoint of this model.
     """
     path = checkpoint_config.initial_load_path
     if not path:
@@ -212,8 +212,14 @@ def initial_weights_problem(
             f"and {checkpoint_folder} holds no checkpoint to resume. Correct the path, or "
             "leave it empty to start from freshly initialized weights"
         )
-    if checkpoint_config.initial_load_in_hf or not is_complete(path):
+    if checkpoint_config.initial_load_in_hf:
         return None
+    if not is_complete(path):
+        return (
+            f"[checkpoint] initial_load_path = {path!r} is not a complete DCP checkpoint (it "
+            "has no .metadata; its save did not finish, or it is in HF format: then set "
+            "initial_load_in_hf = true)"
+        )
     problem = model_mismatch(path, model_shapes)
     return None if problem is None else f"[checkpoint] initial_load_path: {problem}"
 
