@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from titan_phases.config import CommandLineError, parse_job_config, PretrainedStage, UnknownKey
+from titan_phases.config import CommandLineError, parse_job_config, UnknownKey
 from titan_phases.interop.fts_import import convert_fts_schedule, FTS_BASE_MAX_LR, load_fts_yaml
 from titan_phases.interop.hf_names import job_hf_names, to_titan_names
 from titan_phases.interop.plot import plot_timeline, PlotUnavailable
 from titan_phases.interop.table import phase_rows, render_table
 from titan_phases.interop.timeline import read_timeline
 from titan_phases.interop.toml_writer import dumps
-from titan_phases.prepare import pending_recipe, RecipeError, resume_problem
+from titan_phases.prepare import check_start
 from titan_phases.runtime.process_exit import EXIT_INVALID_INPUT
 from titan_phases.schedule import load_and_validate, ResolvedSchedule, ScheduleError
 from titan_phases.schedule.errors import Problem, Problems, unknown_key_problems
@@ -93,15 +93,10 @@ def _resolve_job(torchtitan_args: list[str]) -> tuple[Any, ResolvedSchedule]:
 def _check_resume(job_config: Any, resolved: ResolvedSchedule) -> str | None:
     """What the job would resume, checked as ``run_train.sh`` checks it before torchrun
     starts (the ``[pretrained]`` recipe included); raises _InvalidInput."""
-    try:
-        stage = getattr(job_config, "pretrained", PretrainedStage())
-        recipe = pending_recipe(job_config.checkpoint.initial_load_path, stage)
-    except RecipeError as e:
-        raise _InvalidInput(str(e)) from None
-    resumes, problem = resume_problem(job_config, resolved, initial_weights_pending=bool(recipe))
-    if problem is not None:
-        raise _InvalidInput(problem)
-    return resumes
+    start = check_start(job_config, resolved)
+    if start.problem is not None:
+        raise _InvalidInput(start.problem)
+    return start.resumes
 
 
 def _validate(args: argparse.Namespace, rest: list[str]) -> int:

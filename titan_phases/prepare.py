@@ -4,7 +4,7 @@ Runs the same input check as every rank of ``python -m titan_phases.train`` (:fu
 the job config, the command line and the schedule), so that ``run_train.sh`` reports bad input
 once and exits with code 2 before torchrun starts; builds the embedded corpora and tokenizer
 (:mod:`titan_phases.data.assets`) when the job uses them; checks what the job would load
-(:func:`resume_problem`: the checkpoint it resumes, or its initial weights), as every rank
+(:func:`check_start`: the checkpoint it resumes, or its initial weights), as every rank
 will, so that a checkpoint the job cannot load is also refused with exit code 2 before any
 rank starts (file sizes only: the ranks hash the files, shared out among them, and fall back
 from a damaged checkpoint themselves); and prints the ``[pretrained]`` recipe to run first
@@ -18,6 +18,7 @@ import functools
 import importlib
 import os
 import sys
+from dataclasses import dataclass
 
 from torchtitan.config import JobConfig
 from torchtitan.protocols.train_spec import get_train_spec
@@ -76,29 +77,48 @@ def pending_recipe(initial_load_path: str | None, stage: PretrainedStage) -> str
     return stage.recipe
 
 
-def resume_problem(
-    job_config: JobConfig,
-    resolved: ResolvedSchedule,
-    initial_weights_pending: bool,
-    checksums: bool = True,
-) -> tuple[str | None, str | None]:
-    """What the job would resume and what keeps it from loading, checked in this one process
-    as every rank checks it (:func:`titan_phases.components.resume.resume_report`), with the
-    model's shapes taken from a meta-device model. ``checksums=False`` checks the checkpoint's
-    file sizes only: the ranks read and hash it anyway, shared out among them."""
+@dataclass(frozen=True)
+class StartCheck:
+    """What a job's start would load, checked before any rank starts."""
+
+    recipe: str | None
+    """The ``[pretrained]`` recipe to run first: it writes the missing initial checkpoint."""
+    resumes: str | None
+    """The checkpoint the job resumes (None: a fresh start)."""
+    problem: str | None
+    """What keeps the job from starting, or None."""
+    what: str = "cannot resume"
+    """The kind of problem, for the report: ``"invalid job config"`` for the recipe's."""
+
+
+def check_start(
+    job_config: JobConfig, resolved: ResolvedSchedule | None, checksums: bool = True
+) -> StartCheck:
+    """The recipe to run first, and what the job would resume and what keeps it from loading,
+    checked in this one process as every rank checks it
+    (:func:`titan_phases.components.resume.resume_report`), with the model's shapes taken from
+    a meta-device model. ``resolved`` None (a model without phases) checks only the recipe.
+    ``checksums=False`` checks the checkpoint's file sizes only: the ranks read and hash it
+    anyway, shared out among them."""
+    try:
+        stage = getattr(job_config, "pretrained", PretrainedStage())
+        recipe = pending_recipe(job_config.checkpoint.initial_load_path, stage)
+    except RecipeError as exc:
+        return StartCheck(None, None, str(exc), "invalid job config")
     checkpoint = job_config.checkpoint
-    if not checkpoint.enable:
-        return None, None
+    if resolved is None or not checkpoint.enable:
+        return StartCheck(recipe, None, None)
     controller = build_phase_controller(resolved, job_config.phases, job_config.validation.enable)
     shapes = {name: tensor.shape for name, tensor in meta_model(job_config).state_dict().items()}
-    return resume_report(
+    resumes, problem = resume_report(
         checkpoint,
         os.path.join(job_config.job.dump_folder, checkpoint.folder),
         controller,
         functools.partial(verify_checkpoint, checksums=checksums),
         shapes,
-        initial_weights_pending,
+        initial_weights_pending=recipe is not None,
     )
+    return StartCheck(recipe, resumes, problem)
 
 
 def check_input(
@@ -156,22 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID_INPUT
     if uses_embedded_assets(job_config):
         ensure_assets()
-    try:
-        stage = getattr(job_config, "pretrained", PretrainedStage())
-        recipe = pending_recipe(job_config.checkpoint.initial_load_path, stage)
-    except RecipeError as exc:
-        print(f"titan_phases: invalid job config, nothing was run: {exc}", file=sys.stderr)
+    # Sizes only: hashing a large checkpoint in this one process would delay every start.
+    start = check_start(job_config, resolved, checksums=False)
+    if start.problem is not None:
+        print(f"titan_phases: {start.what}, nothing was run: {start.problem}", file=sys.stderr)
         return EXIT_INVALID_INPUT
-    if resolved is not None:
-        # Sizes only: hashing a large checkpoint in this one process would delay every start.
-        _, problem = resume_problem(
-            job_config, resolved, initial_weights_pending=bool(recipe), checksums=False
-        )
-        if problem is not None:
-            print(f"titan_phases: cannot resume, nothing was run: {problem}", file=sys.stderr)
-            return EXIT_INVALID_INPUT
-    if recipe:
-        print(recipe)
+    if start.recipe:
+        print(start.recipe)
     return 0
 
 
