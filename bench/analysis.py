@@ -1,4 +1,4 @@
-"""Pure analysis of benchmark runs: per-phase step times, transition costs, expected state bytes.
+"""Pure analysis of benchmark runs: per-phase step times and transition costs.
 
 A run is a list of :class:`StepRecord` (one per training step, rank 0's view). Step times are
 torchtitan's own ``time_metrics/end_to_end(s)`` with ``log_freq = 1``: the wall time between
@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-ADAMW_STATE_BYTES_PER_ELEMENT = 8  # exp_avg + exp_avg_sq, fp32
-ADAMW_STEP_BYTES = 4  # torch's AdamW keeps a float32 ``step`` tensor per param (unsharded)
 
 
 @dataclass(frozen=True)
@@ -135,27 +132,3 @@ def by_phase(records: Sequence[StepRecord], skip: int) -> dict[int, PhaseRun]:
 def first_step_extra(phase: PhaseRun) -> float:
     """Extra wall time of a phase's first step over its steady step: thaw, rebuild, lazy work."""
     return phase.first_s - phase.steady_s
-
-
-def fsdp_local_rows(rows: int, world_size: int, rank: int) -> int:
-    """Rows of a dim-0 sharded tensor on ``rank``: FSDP2 splits like ``torch.chunk``."""
-    chunk = -(-rows // world_size)
-    return max(0, min(rows, (rank + 1) * chunk) - rank * chunk)
-
-
-def expected_adamw_state_bytes(
-    shapes: Mapping[str, Sequence[int]], trainable: Iterable[str], world_size: int
-) -> list[int]:
-    """AdamW state bytes each rank holds when ``trainable`` params are FSDP2-sharded on dim 0.
-
-    8 bytes per local element (``exp_avg``, ``exp_avg_sq``) plus a 4-byte ``step`` tensor per
-    param on every rank (torch keeps the step count as an unsharded scalar tensor).
-    """
-    per_rank = [0] * world_size
-    for name in trainable:
-        shape = shapes[name]
-        row = math.prod(shape[1:])
-        for rank in range(world_size):
-            local = fsdp_local_rows(shape[0], world_size, rank) * row
-            per_rank[rank] += ADAMW_STATE_BYTES_PER_ELEMENT * local + ADAMW_STEP_BYTES
-    return per_rank

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.jobs import model_tensors
+from tests.trainer.jobs import measured_state_bytes, model_tensors, planned_state_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,16 @@ def test_default_job_passes_through_every_phase_and_learns(default_job: Path):
     assert sorted(p.name for p in (default_job / "checkpoint").iterdir()) == [
         "step-20", "step-40", "step-60",
     ]
+
+
+def test_plan_predicts_the_default_jobs_optimizer_state_bytes_exactly(default_job: Path):
+    lines = (default_job / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    measured = measured_state_bytes([r for r in records if r["type"] == "train"])
+    assert sorted(measured) == [0, 1, 2]
+    assert measured == planned_state_bytes(
+        2, "--job.config_file", str(REPO / "train_configs" / "debug_model.toml")
+    )
 
 
 def test_frozen_params_stay_bitwise_until_their_phase_thaws_them(default_job: Path, tmp_path: Path):

@@ -1,5 +1,5 @@
-"""``titan-phases``: check, show, generate and import phase schedules without training, and
-plot a run's timeline.
+"""``titan-phases``: check, show, generate and import phase schedules without training, plan a
+job's cost per phase, and plot a run's timeline.
 
 Every subcommand that reads a job also takes torchtitan's own flags, recognised by the dot in
 their name (``--job.config_file X --phases.lr_scale 0.1 ...``); they are parsed by torchtitan's
@@ -26,6 +26,7 @@ from titan_phases.interop.plot import plot_timeline, PlotUnavailable
 from titan_phases.interop.table import phase_rows, render_table
 from titan_phases.interop.timeline import read_timeline
 from titan_phases.interop.toml_writer import dumps
+from titan_phases.plan import build_plan, MeshError, param_layouts, render_plan
 from titan_phases.prepare import check_start
 from titan_phases.runtime.process_exit import EXIT_INVALID_INPUT
 from titan_phases.schedule import load_and_validate, ResolvedSchedule, ScheduleError
@@ -237,6 +238,32 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _default_world_size() -> int:
+    """The ranks ``run_train.sh`` starts: $NGPU per node (all visible accelerators, or 2 CPU
+    processes without any) times $NNODES."""
+    import torch
+
+    try:
+        per_node = int(os.environ["NGPU"]) if os.environ.get("NGPU") else (
+            torch.accelerator.device_count() if torch.accelerator.is_available() else 0) or 2
+        return per_node * int(os.environ.get("NNODES") or 1)
+    except ValueError as e:
+        raise _InvalidInput(f"NGPU and NNODES must be whole numbers: {e}") from None
+
+
+def _plan(args: argparse.Namespace, rest: list[str]) -> int:
+    job_config, resolved = _resolve_job(rest)
+    _print_warnings(resolved.warnings)
+    world_size = args.world_size or _default_world_size()
+    try:
+        layouts = param_layouts(job_config, world_size)
+        plan = build_plan(job_config, resolved, layouts, world_size, args.seconds_per_step)
+    except MeshError as e:
+        raise _InvalidInput(f"{e} (--world-size {world_size})") from None
+    print(json.dumps(plan.as_json(), indent=2) if args.json else render_plan(plan))
+    return EXIT_OK
+
+
 def _plot(args: argparse.Namespace, rest: list[str]) -> int:
     if rest:
         raise _InvalidInput(f"plot takes no torchtitan flags: {' '.join(rest)}")
@@ -335,6 +362,26 @@ def build_parser() -> argparse.ArgumentParser:
                           "(needs the job's flags)")
     fts.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     fts.set_defaults(run=_import_fts)
+
+    plan = command(
+        "plan", "print each phase's steps, FLOPs and memory per rank before launching",
+        "For every phase and for full fine-tuning: the steps it runs, the FLOPs of a step "
+        "relative to full fine-tuning (the FLOP model), and the bytes each rank holds of "
+        "sharded params, grads and optimizer state on the job's mesh, laid out on the meta "
+        "device over a fake process group (no GPU, no memory). With --seconds-per-step, also "
+        "the wall time of each phase.",
+        "[-h] [--world-size N] [--seconds-per-step S] [--json] [--job.config_file JOB.toml]\n"
+        "         [torchtitan flags ...]",
+    )
+    plan.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
+                      help="ranks to plan for (default: what run_train.sh starts, "
+                           "$NGPU x $NNODES; 2 on a machine without accelerators)")
+    plan.add_argument("--seconds-per-step", type=_positive_float, default=None, metavar="S",
+                      help="measured seconds of one full fine-tuning step on this mesh: "
+                           "adds wall time per phase and in total")
+    plan.add_argument("--json", action="store_true",
+                      help="print the plan as JSON (exact bytes for every rank)")
+    plan.set_defaults(run=_plan)
 
     plot = sub.add_parser(
         "plot", help="draw a run's metrics.jsonl as a PNG timeline",

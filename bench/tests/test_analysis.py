@@ -1,4 +1,4 @@
-"""Per-phase summaries and the expected AdamW state bytes."""
+"""Per-phase summaries of measured steps."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import pytest
 
 from bench.analysis import (
     by_phase,
-    expected_adamw_state_bytes,
     first_step_extra,
-    fsdp_local_rows,
     Stat,
     StepRecord,
 )
@@ -52,17 +50,3 @@ def test_stat() -> None:
     assert math.isnan(Stat.of([]).median)
 
 
-@pytest.mark.parametrize(
-    "rows, world_size, expected",
-    [(8, 2, [4, 4]), (7, 2, [4, 3]), (1, 2, [1, 0]), (5, 3, [2, 2, 1])],
-)
-def test_fsdp_local_rows(rows: int, world_size: int, expected: list[int]) -> None:
-    assert [fsdp_local_rows(rows, world_size, r) for r in range(world_size)] == expected
-
-
-def test_expected_adamw_state_bytes() -> None:
-    shapes = {"w": (4, 3), "norm": (3,), "frozen": (100, 100)}
-    # w: 2 rows x 3 per rank; norm: 2 and 1 elements; plus 4 bytes of step per param
-    assert expected_adamw_state_bytes(shapes, ["w", "norm"], 2) == [
-        8 * (6 + 2) + 8, 8 * (6 + 1) + 8
-    ]

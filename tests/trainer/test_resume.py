@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.jobs import JobResult, run_job, TINY_JOB
+from tests.trainer.jobs import (
+    JobResult,
+    measured_state_bytes,
+    planned_state_bytes,
+    run_job,
+    TINY_JOB,
+)
 
 pytestmark = pytest.mark.usefixtures("embedded_assets")
 
@@ -184,20 +190,36 @@ def test_a_checkpoint_of_another_flavor_is_refused_in_one_line(
     assert _tree_digest(dump / "checkpoint") == before
 
 
-def test_phase1_checkpoint_from_two_ranks_resumes_on_one(uninterrupted: JobResult, tmp_path: Path):
+def test_phase1_checkpoint_from_two_ranks_resumes_on_three(
+    uninterrupted: JobResult, tmp_path: Path
+):
     import shutil
 
     dump = tmp_path / "run"
     shutil.copytree(uninterrupted.dump / "checkpoint", dump / "checkpoint")
-    resumed = run_job(dump, "--checkpoint.load_step", "6", nproc=1)
+    resumed = run_job(dump, "--checkpoint.load_step", "6", nproc=3)
     assert resumed.returncode == 0, resumed.failure()
-    assert "saved with 2 data-parallel ranks, this run has 1" in resumed.output
+    assert "saved with 2 data-parallel ranks, this run has 3" in resumed.output
     records = resumed.records()
     reference = {r["step"]: r for r in uninterrupted.records()}
     assert records[0]["step"] == 7 and records[0]["phase"] == 1
     assert records[0]["lr"] == reference[7]["lr"]
     assert [r["phase"] for r in records] == [1, 1, 2, 2, 2, 2]
     assert records[-1]["step"] == 12
+    # FSDP2 splits the tiny model's dims (64, 2048) unevenly over 3 ranks; plan still
+    # predicts every rank's bytes exactly.
+    measured = measured_state_bytes(records)
+    assert len(set(measured[1])) > 1
+    assert measured == {
+        k: v for k, v in planned_state_bytes(3, "--job.config_file", str(TINY_JOB)).items()
+        if k in measured
+    }
+
+
+def test_plan_predicts_the_optimizer_state_bytes_of_every_phase(uninterrupted: JobResult):
+    assert measured_state_bytes(uninterrupted.records()) == planned_state_bytes(
+        2, "--job.config_file", str(TINY_JOB)
+    )
 
 
 def _tree_digest(path: Path) -> str:

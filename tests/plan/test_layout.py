@@ -1,0 +1,58 @@
+"""Laying a job's model out on its mesh in one process: every rank's shard shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from titan_phases.config import parse_job_config
+from titan_phases.plan import param_layouts
+from titan_phases.schedule import load_and_validate
+from titan_phases.train_spec import register_train_specs
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_JOB = str(REPO / "train_configs" / "debug_model.toml")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _phased_specs() -> None:
+    register_train_specs()
+
+
+def _tiny_job(*overrides: str):
+    return parse_job_config(["--job.config_file", str(REPO / "tests/trainer/tiny_job.toml"),
+                             *overrides])
+
+
+def test_fsdp_shards_of_every_rank_follow_torch_chunk_when_uneven():
+    job_config = _tiny_job()
+    load_and_validate(job_config)  # imports the tiny spec
+    layouts = param_layouts(job_config, 3)
+    assert "tok_embeddings.weight" in layouts
+    for name, layout in layouts.items():
+        rows = [len(c) for c in torch.arange(layout.shape[0]).chunk(3)]
+        rows += [0] * (3 - len(rows))
+        assert [s[0] for s in layout.local_shapes] == rows, name
+        assert all(s[1:] == layout.shape[1:] for s in layout.local_shapes), name
+
+
+@pytest.mark.parametrize("degrees, replicated", [
+    # FSDP2 x TP2: norms are replicated over TP (sequence parallel), everything else is split.
+    (("--parallelism.tensor_parallel_degree", "2"), lambda name: "norm" in name),
+    # HSDP 2 x 2: every parameter lives on both replicas.
+    (("--parallelism.data_parallel_replicate_degree", "2",
+      "--parallelism.data_parallel_shard_degree", "2"), lambda name: True),
+])
+def test_two_dimensional_meshes_hold_each_element_once_per_replica(degrees, replicated):
+    job_config = parse_job_config(["--job.config_file", DEFAULT_JOB, *degrees])
+    layouts = param_layouts(job_config, 4)
+    for name, layout in layouts.items():
+        held = sum(torch.Size(s).numel() for s in layout.local_shapes)
+        assert held == torch.Size(layout.shape).numel() * (2 if replicated(name) else 1), name
+    if "--parallelism.tensor_parallel_degree" in degrees:
+        # Column-wise wq: TP splits the rows in 2, FSDP those halves in 2; row-wise wo: TP
+        # splits the columns, FSDP the rows.
+        assert layouts["layers.0.attention.wq.weight"].local_shapes[0] == (64, 256)
+        assert layouts["layers.0.attention.wo.weight"].local_shapes[0] == (128, 128)
