@@ -6,7 +6,10 @@
 * ``parallelize_fn`` is wrapped to freeze the parallelised model to phase 0 of the job's
   schedule (:func:`titan_phases.schedule.load_and_validate`), so torchtitan's Trainer builds
   the optimizer over phase 0's params only;
-* ``build_optimizers_fn`` / ``build_lr_schedulers_fn``: the phase-aware containers;
+* ``build_optimizers_fn``: the phase-aware container, built through the spec's own builder
+  (:func:`titan_phases.components.optimizer.phased_optimizer_builder`), so hooks that builder
+  adds, like the MoE load-balancing update, keep working;
+* ``build_lr_schedulers_fn``: the phase-aware LR schedulers;
 * ``build_metrics_processor_fn``: metrics.jsonl, per-group lrs, trainable params;
 * ``build_validator_fn`` is wrapped so every validation measures the same batches (plateau
   detection compares them, exact resume needs them).
@@ -29,14 +32,14 @@ from torchtitan.protocols.train_spec import get_train_spec, register_train_spec,
 
 from titan_phases.components.lr_scheduler import build_phased_lr_schedulers
 from titan_phases.components.metrics import build_phase_metrics_processor
-from titan_phases.components.optimizer import build_phased_optimizers
+from titan_phases.components.optimizer import builds_phased_optimizers, phased_optimizer_builder
 from titan_phases.components.thaw import limit_backward_all_gathers, set_trainable
 from titan_phases.components.validate import repeatable
 from titan_phases.data.datasets import register_datasets
 from titan_phases.schedule import load_and_validate
 
 SPEC_SUFFIX = "_phases"
-PHASED_MODEL_FAMILIES = ("llama3", "qwen3")
+PHASED_MODEL_FAMILIES = ("llama3", "llama4", "qwen3", "deepseek_v3", "gpt_oss")
 
 
 def _freezing_to_phase0(parallelize_fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -55,7 +58,7 @@ def phased(spec: TrainSpec) -> TrainSpec:
     return dataclasses.replace(
         spec,
         parallelize_fn=_freezing_to_phase0(spec.parallelize_fn),
-        build_optimizers_fn=build_phased_optimizers,
+        build_optimizers_fn=phased_optimizer_builder(spec.build_optimizers_fn),
         build_lr_schedulers_fn=build_phased_lr_schedulers,
         build_metrics_processor_fn=build_phase_metrics_processor,
         build_validator_fn=(
@@ -65,7 +68,7 @@ def phased(spec: TrainSpec) -> TrainSpec:
 
 
 def is_phased(spec: TrainSpec) -> bool:
-    return spec.build_optimizers_fn is build_phased_optimizers
+    return builds_phased_optimizers(spec.build_optimizers_fn)
 
 
 @functools.cache

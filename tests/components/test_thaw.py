@@ -75,44 +75,64 @@ def test_thaw_after_a_validation_forward_reaches_the_sharded_params():
         assert result == {"sharded": True, "has_grad": True, "changed": True, "count_ok": True}
 
 
+BLOCKS_AND_HEAD = TOP + [
+    f"layers.{i}.{n.split('.', 2)[2]}" for i in range(5) for n in TOP if n.startswith("layers.")
+]
+
+
 def _backward_all_gathers_with_and_without_limit(
     rank: int, world_size: int
-) -> list[tuple[int, torch.Tensor]]:
-    # Both in one process group: spawning the ranks costs more than the two backwards.
-    return [_backward_all_gathers(world_size, limit) for limit in (False, True)]
+) -> dict[str, list[tuple[list[list[str]], torch.Tensor]]]:
+    # All in one process group: spawning the ranks costs more than the backwards.
+    return {
+        name: [_backward_all_gathers(world_size, trainable, limit) for limit in (False, True)]
+        for name, trainable in (("top", TOP), ("frozen_embeddings", BLOCKS_AND_HEAD))
+    }
 
 
-def _backward_all_gathers(world_size: int, limit: bool) -> tuple[int, torch.Tensor]:
+def _backward_all_gathers(
+    world_size: int, trainable: list[str], limit: bool
+) -> tuple[list[list[str]], torch.Tensor]:
+    """The parameters of every all-gather in backward (one list per FSDP unshard), and a
+    gradient to compare."""
     from torch.distributed.fsdp._fully_shard import _fsdp_param_group
 
     from titan_phases.components.thaw import limit_backward_all_gathers, set_trainable
 
     model = _sharded_debug_model(world_size)
-    set_trainable([model], TOP)
+    set_trainable([model], trainable)
     if limit:
         limit_backward_all_gathers([model])
     loss = _loss(model, seed=3)
-    calls = 0
+    gathered: list[list[str]] = []
     # Every FSDP2 unshard goes through this one function (a private module of torch).
     original = _fsdp_param_group.foreach_all_gather
 
-    def counting(*args, **kwargs):
-        nonlocal calls
-        calls += 1
-        return original(*args, **kwargs)
+    def recording(fsdp_params, *args, **kwargs):
+        gathered.append([p._param_fqn for p in fsdp_params])
+        return original(fsdp_params, *args, **kwargs)
 
-    _fsdp_param_group.foreach_all_gather = counting
+    _fsdp_param_group.foreach_all_gather = recording
     try:
         loss.backward()
     finally:
         _fsdp_param_group.foreach_all_gather = original
     grad = dict(model.named_parameters())["layers.5.attention.wq.weight"].grad.full_tensor()
-    return calls, grad
+    return gathered, grad
 
 
-def test_frozen_block_below_the_trainable_ones_is_not_all_gathered_in_backward():
-    (default_calls, default_grad), (limited_calls, limited_grad) = run_ranks(
-        _backward_all_gathers_with_and_without_limit, 2
-    )[0]
-    assert limited_calls == default_calls - 1, (default_calls, limited_calls)
+def test_frozen_modules_below_the_trainable_ones_are_not_all_gathered_in_backward():
+    runs = run_ranks(_backward_all_gathers_with_and_without_limit, 2)[0]
+    (default, default_grad), (limited, limited_grad) = runs["top"]
+    # Phase 0 of the default job: block 4 was prefetched for a backward that stops at block 5.
+    assert any(n.startswith("layers.4.") for group in default for n in group)
+    assert not any(n.startswith("layers.4.") for group in limited for n in group)
+    assert len(limited) == len(default) - 1
+    assert torch.equal(limited_grad, default_grad)
+    # Everything trains but the embedding: FSDP2 prefetched the (separately sharded) frozen
+    # embedding for layers.0's backward, which never needs it.
+    (default, default_grad), (limited, limited_grad) = runs["frozen_embeddings"]
+    assert ["tok_embeddings.weight"] in default
+    assert ["tok_embeddings.weight"] not in limited
+    assert len(limited) == len(default) - 1
     assert torch.equal(limited_grad, default_grad)

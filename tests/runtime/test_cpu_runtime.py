@@ -90,3 +90,24 @@ def _profile_two_steps(rank: int, world_size: int, trace_dir: str) -> None:
 def test_profiler_accepts_torchtitan_cpu_activities(tmp_path):
     run_ranks(_profile_two_steps, 1, str(tmp_path))
     assert list(tmp_path.rglob("*trace*")), "a CPU trace should have been written"
+
+
+def test_histc_counts_integer_cpu_tensors_as_moe_routing_needs():
+    cpu.activate_if_no_accelerator()
+    experts = torch.tensor([[0, 3], [3, 7], [1, 3]])
+    counts = torch.histc(experts.view(-1), bins=8, min=0, max=8)
+    assert counts.dtype == torch.int64
+    assert counts.tolist() == torch.bincount(experts.view(-1), minlength=8).tolist()
+    values = torch.tensor([0.5, 1.5, 1.7])
+    assert torch.histc(values, bins=2, min=0, max=2).tolist() == [1.0, 2.0]
+
+
+def test_moe_token_permutation_uses_torchtitans_cpu_implementation():
+    cpu.activate_if_no_accelerator()
+    from torchtitan.models.moe import kernels
+    from torchtitan.models.moe import utils as moe_utils
+
+    counts = torch.tensor([3, 0, 5, 2], dtype=torch.int32)
+    got = moe_utils.generate_permute_indices(counts, 4, 1, 48, 8)
+    expected = kernels.generate_permute_indices(counts, 4, 1, 48, 8, use_cpu=True)
+    assert all(torch.equal(g, e) for g, e in zip(got, expected))

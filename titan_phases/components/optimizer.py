@@ -4,7 +4,9 @@
 model part) whose param groups follow the phases of a thawing schedule: at phase ``k`` every
 inner optimizer has ``k + 1`` groups and group ``i`` holds the params thawed in phase ``i``.
 :func:`build_phased_optimizers` has torchtitan's ``build_optimizers`` signature, so it drops into
-a ``TrainSpec`` as ``build_optimizers_fn``.
+a ``TrainSpec`` as ``build_optimizers_fn``. :func:`phased_optimizer_builder` composes it with a
+spec's own builder, so what that builder adds to the container (torchtitan's MoE load-balancing
+hook, for one) is added to the phased container instead.
 
 At a transition the trainer thaws the phase's params and calls
 :meth:`PhasedOptimizersContainer.add_phase`; on resume it rebuilds the same structure with the
@@ -15,6 +17,10 @@ is :mod:`titan_phases.components.checkpoint`.
 **Limitations** (private torch/torchtitan API this module relies on; check on upgrades)
 * ``torch.distributed.checkpoint.state_dict._get_fqns``: DCP's parameter-name
   canonicalisation, so per-parameter keys match DCP's optimizer keys.
+* The module global ``torchtitan.components.optimizer.build_optimizers`` is swapped for
+  :func:`build_phased_optimizers` while a spec's own builder runs
+  (:func:`phased_optimizer_builder`): torchtitan's builders that add to a container, like
+  ``build_optimizers_with_moe_load_balancing``, build it by calling that global.
 * ``OptimizersContainer._post_init``: overridden, and the base ``__init__`` is not called. The
   base builds one optimizer per part from a bare parameter list, which fails for a part with no
   trainable parameter and cannot tag groups with their phase; ``_post_init`` is where torchtitan
@@ -24,11 +30,13 @@ is :mod:`titan_phases.components.checkpoint`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -43,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
+from torchtitan.components import optimizer as tt_optimizer
 from torchtitan.components.ft import FTManager
 from torchtitan.components.optimizer import OptimizersContainer
 from torchtitan.config import Optimizer as OptimizerConfig
@@ -66,7 +75,9 @@ __all__ = [
     "PHASE_KEY",
     "PhasedOptimizersContainer",
     "build_phased_optimizers",
+    "builds_phased_optimizers",
     "optimizer_from_config",
+    "phased_optimizer_builder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,6 +157,53 @@ def build_phased_optimizers(
         raise NotImplementedError("TorchFT is not supported with phases")
     optimizer_cls, optimizer_kwargs = optimizer_from_config(optimizer_config)
     return PhasedOptimizersContainer(model_parts, optimizer_cls, optimizer_kwargs)
+
+
+def phased_optimizer_builder(spec_builder: Callable[..., Any] | None) -> Callable[..., Any]:
+    """A ``build_optimizers_fn`` that builds the phased container through a spec's own builder.
+
+    torchtitan's ``build_optimizers`` (or no builder) gives :func:`build_phased_optimizers`
+    itself. Any other builder runs with torchtitan's ``build_optimizers`` swapped for
+    :func:`build_phased_optimizers`, so whatever it adds lands on the phased container: for
+    deepseek_v3, llama4 and gpt_oss, the step pre-hook that updates the MoE experts' bias for
+    load balancing. Container hooks survive transitions, which replace only the inner
+    optimizers.
+
+    The composed builder raises TypeError if the spec's builder does not build its container
+    through torchtitan's ``build_optimizers`` (so it cannot be phased this way).
+    """
+    if spec_builder is None or spec_builder in (tt_optimizer.build_optimizers,
+                                                build_phased_optimizers):
+        return build_phased_optimizers
+
+    @functools.wraps(spec_builder)
+    def build(
+        model_parts: list[nn.Module],
+        optimizer_config: OptimizerConfig,
+        parallel_dims: ParallelDims,
+        ft_manager: FTManager | None = None,
+    ) -> PhasedOptimizersContainer:
+        with mock.patch.object(tt_optimizer, "build_optimizers", build_phased_optimizers):
+            optimizers = spec_builder(model_parts, optimizer_config, parallel_dims, ft_manager)
+        if not isinstance(optimizers, PhasedOptimizersContainer):
+            raise TypeError(
+                f"{spec_builder.__qualname__} returned a {type(optimizers).__name__}, not a "
+                "container built by torchtitan's build_optimizers, so phases cannot be added "
+                "to it; build the container with torchtitan.components.optimizer."
+                "build_optimizers inside the builder, or give the phased spec "
+                "build_phased_optimizers"
+            )
+        return optimizers
+
+    build.builds_phased_optimizers = True  # type: ignore[attr-defined]
+    return build
+
+
+def builds_phased_optimizers(builder: Callable[..., Any] | None) -> bool:
+    """Whether ``builder`` (a TrainSpec's ``build_optimizers_fn``) builds the phased container."""
+    return builder is build_phased_optimizers or getattr(
+        builder, "builds_phased_optimizers", False
+    )
 
 
 # --- container ------------------------------------------------------------------------------

@@ -24,8 +24,10 @@ transition, with the optimizer and LR scheduler containers.
 
 **Limitations**
 ``limit_backward_all_gathers`` understands blocks as :mod:`titan_phases.schedule.blocks`
-defines them, FSDP-wrapped as whole blocks, with what is registered before the first block
-(embeddings) below them in forward order. Other layouts keep FSDP2's default behaviour.
+defines them, with what is registered before the first block (embeddings) below them in
+forward order; FSDP modules nested in a block follow the block's decision, which is
+conservative (a block's experts are gathered whenever anything in or below the block trains).
+Modules above the blocks (final norm, output head) keep FSDP2's default behaviour.
 :func:`refresh_fsdp_mixed_precision` relies on FSDP2 internals (private in torch 2.13): the
 module's ``_get_fsdp_state()``, its ``_fsdp_param_groups`` (``_fsdp_param_group`` before torch
 2.13) and each group's ``_init_mp_dtypes`` (the method FSDP2's lazy init runs); it can go once
@@ -116,29 +118,46 @@ def params_per_part(
     ]
 
 
-def _blocks(model: nn.Module) -> tuple[list[nn.Module], bool]:
-    """The model's blocks in forward order, and whether a parameter registered before them
-    (e.g. the token embedding) is trainable."""
+def _blocks(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
+    """The model's blocks in forward order, and the parameters registered before them (e.g.
+    the token embedding)."""
     params = list(model.named_parameters())
     first = first_block_position([name for name, _ in params])
     if first is None:
-        return [], False
-    return block_modules(model), any(p.requires_grad for _, p in params[:first])
+        return [], []
+    return block_modules(model), [p for _, p in params[:first]]
+
+
+def _nested_fsdp_modules(module: nn.Module) -> list[FSDPModule]:
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
 
 def limit_backward_all_gathers(model_parts: list[nn.Module]) -> None:
-    """Stop FSDP2 from all-gathering, in backward, blocks that backward never reaches.
+    """Stop FSDP2 from all-gathering, in backward, modules that backward never reaches.
 
     Backward stops below the lowest trainable parameter. FSDP2's default backward prefetch
-    still all-gathers the block under the lowest trainable one; marking every block below that
-    point ``set_unshard_in_backward(False)`` turns such prefetches into no-ops. Blocks that
-    backward passes through (trainable, or below a trainable block or embedding) keep
-    unsharding. Call after every change of ``requires_grad``.
+    still all-gathers the module under the lowest trainable one; marking such modules
+    ``set_unshard_in_backward(False)`` turns those prefetches into no-ops. Covered:
+
+    * every block below the lowest trainable point, with every FSDP module inside it (under
+      expert parallelism torchtitan shards a block's MoE experts as their own module);
+    * FSDP modules holding only parameters registered before the first block (the token
+      embedding) while none of their parameters trains.
+
+    Modules that backward passes through (trainable, or above a trainable block or
+    embedding) keep unsharding. Call after every change of ``requires_grad``.
     """
     for part in model_parts:
-        blocks, before_trains = _blocks(part)
-        needs_backward = before_trains
+        blocks, below_blocks = _blocks(part)
+        below = {id(p) for p in below_blocks}
+        for module in _nested_fsdp_modules(part):
+            if module is part:
+                continue
+            own = list(module.parameters())
+            if own and all(id(p) in below for p in own):
+                module.set_unshard_in_backward(any(p.requires_grad for p in own))
+        needs_backward = any(p.requires_grad for p in below_blocks)
         for block in blocks:
             needs_backward = needs_backward or any(p.requires_grad for p in block.parameters())
-            if isinstance(block, FSDPModule):
-                block.set_unshard_in_backward(needs_backward)
+            for module in _nested_fsdp_modules(block):
+                module.set_unshard_in_backward(needs_backward)

@@ -17,6 +17,13 @@ What :func:`activate_if_no_accelerator` switches, and why:
   rejects. Every FSDP module built by a TrainSpec's ``parallelize_fn`` is switched to plain sum
   reduction. torchtitan sets FSDP's gradient divide factor to 1 and divides the loss by the
   global token count itself, so the summed grads equal the single-process gradient.
+* MoE token counts: torchtitan's MoE router counts tokens per expert with ``torch.histc`` on
+  integer expert indices, which CPU kernels do not implement ("histogram_cpu" not implemented
+  for 'Long'). ``torch.histc`` is wrapped to count integer CPU tensors in float32 (exact for
+  counts below 2**24) and cast back; every other call goes to torch's own.
+* MoE token permutation: torchtitan's ``generate_permute_indices`` uses a triton kernel
+  (which finds no driver on a CPU-only machine) unless told ``use_cpu=True``, which nothing in
+  torchtitan passes. It is wrapped to use its own CPU implementation for CPU tensors.
 * Profiler: torchtitan passes ``[CPU, None]`` as activities when no GPU exists, which the
   profiler rejects; the ``None`` is dropped.
 
@@ -183,6 +190,29 @@ def _cpu_profiling(original: Callable) -> Callable:
     return maybe_enable_profiling
 
 
+def integer_histc(histc: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``histc`` that also takes integer CPU tensors (see the module docstring)."""
+
+    @functools.wraps(histc)
+    def wrapped(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if input.device.type == "cpu" and not input.is_floating_point() and "out" not in kwargs:
+            return histc(input.float(), *args, **kwargs).to(input.dtype)
+        return histc(input, *args, **kwargs)
+
+    wrapped.integer_histc = True  # type: ignore[attr-defined]
+    return wrapped
+
+
+def _permute_indices_on_cpu(generate: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(generate)
+    def wrapped(tokens_per_expert_group: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if tokens_per_expert_group.device.type == "cpu":
+            kwargs["use_cpu"] = True
+        return generate(tokens_per_expert_group, *args, **kwargs)
+
+    return wrapped
+
+
 def _with_gloo_reductions(parallelize_fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     @functools.wraps(parallelize_fn)
     def parallelize(model: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
@@ -231,6 +261,13 @@ def activate_if_no_accelerator() -> bool:
             module.device_module = cpu_module
 
     tt_utils.get_peak_flops = lambda device_name: measured_cpu_peak_flops()
+    if not getattr(torch.histc, "integer_histc", False):
+        torch.histc = integer_histc(torch.histc)
+    import torchtitan.models.moe.utils as tt_moe_utils
+
+    tt_moe_utils.generate_permute_indices = _permute_indices_on_cpu(
+        tt_moe_utils.generate_permute_indices
+    )
 
     import torchtitan.tools.profiling as tt_profiling
 
