@@ -24,6 +24,7 @@ from types import FrameType
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from titan_phases.runtime.process_exit import EXIT_DIVERGED, EXIT_PREEMPTED
 
@@ -92,8 +93,16 @@ class StepGuard:
         self._stop_requested = True
 
     def observe_loss(self, loss: torch.Tensor) -> None:
-        """Note one microbatch's loss (no host synchronisation)."""
-        self._nonfinite = self._nonfinite | ~torch.isfinite(loss.detach()).all()
+        """Note one microbatch's loss (no host synchronisation).
+
+        Under tensor parallelism with loss parallel the loss is a DTensor; it is made a plain
+        tensor as torchtitan's own loss logging does (``full_tensor``), so that the flags
+        reduced after the step are plain tensors too.
+        """
+        loss = loss.detach()
+        if isinstance(loss, DTensor):
+            loss = loss.full_tensor()
+        self._nonfinite = self._nonfinite | ~torch.isfinite(loss).all()
 
     def after_step(self) -> StepVerdict:
         """Agree with every rank on what happened in the step; call on every rank."""
