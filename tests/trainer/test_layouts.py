@@ -1,6 +1,7 @@
-"""Phases on 2-D meshes (4 gloo ranks) against 1-D FSDP with the same data-parallel degree:
-FSDP2 x TP2 (2 data-parallel ranks) against FSDP on 2 ranks, HSDP 2 x 2 (4) against FSDP on 4.
-Each data-parallel rank reads its own shard of the corpus, so only equal degrees see the same
+"""Phases on other layouts against 1-D FSDP with the same data-parallel degree: FSDP2 x TP2
+(4 gloo ranks, 2 data-parallel) against FSDP on 2 ranks, HSDP 2 x 2 against FSDP on 4, and
+activation checkpointing and gradient accumulation on 2 ranks against FSDP on 2. Each
+data-parallel rank reads its own shard of the corpus, so only equal degrees see the same
 batches.
 
 All runs start from the same initial weights (a DCP checkpoint written in this process):
@@ -8,7 +9,9 @@ random initialisation of sharded DTensors on CPU depends on the layout, loading 
 
 Tolerance: TP splits matmuls and HSDP adds a replicate all-reduce, so reductions run in
 another order than on 1-D FSDP. In fp32 over 12 steps that moved losses by at most 1.4e-7
-relative (FSDP2 x TP2) and 7e-8 (HSDP, and the resume on 1-D FSDP) when this was written;
+relative (FSDP2 x TP2), 7e-8 (HSDP, and the resume on 1-D FSDP) and 1.2e-7 (full activation
+checkpointing with gradient accumulation; selective op checkpointing alone was bitwise equal)
+when this was written;
 1e-5 leaves a wide margin for other machines' kernels and still catches a wrong phase (a
 missing or extra param group moves the loss by percents within a step or two).
 """
@@ -127,6 +130,27 @@ def test_a_phased_job_on_a_2d_mesh_matches_1d_fsdp(
     # Optimizer state for trainable params only, every rank's bytes as the layout predicts.
     assert measured_state_bytes(records) == planned_state_bytes(
         4, "--job.config_file", str(TINY_JOB), *degrees
+    )
+
+
+@pytest.mark.parametrize("options", [
+    # Two microbatches of 1 per rank: the same samples as the reference's one batch of 2.
+    ("--activation_checkpoint.mode", "full",
+     "--training.local_batch_size", "1", "--training.global_batch_size", "4"),
+    ("--activation_checkpoint.mode", "selective", "--activation_checkpoint.selective_ac_option",
+     "op"),
+], ids=["ac_full_with_gradient_accumulation", "ac_selective_op"])
+def test_activation_checkpointing_and_gradient_accumulation_under_phases(
+    options: tuple[str, ...], fsdp: JobResult, initial_weights: Path, tmp_path: Path
+):
+    run = _run(initial_weights, tmp_path / "run", *options, nproc=2)
+    records = run.records()
+    assert [r["phase"] for r in records] == [0] * 4 + [1] * 4 + [2] * 4
+    assert [r["lr"] for r in records] == [r["lr"] for r in fsdp.records()]
+    _assert_close_losses(run, fsdp)
+    _assert_frozen_until_their_phase(run, initial_weights, tmp_path)
+    assert measured_state_bytes(records) == planned_state_bytes(
+        2, "--job.config_file", str(TINY_JOB), *options
     )
 
 

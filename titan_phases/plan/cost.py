@@ -18,6 +18,8 @@ tensors it creates are counted (as metrics.jsonl counts a running job's state).
 - Memory is what each rank holds between steps: activations, the unsharded copies FSDP2
   all-gathers for forward and backward, communication buffers and allocator overhead are not
   in it.
+- The FLOP model counts every parameter at every token, so for MoE models it charges all
+  routed experts where only ``top_k`` run: their FLOP ratios are a rough guide only.
 - The FLOP ratio is the ideal of the FLOP model; BENCHMARKS.md shows how measured step times
   compare with it on CPU. Wall times scale the given seconds per step by that ideal and leave
   out transitions, validation and checkpoints.
