@@ -11,7 +11,7 @@ from torchtitan.protocols.train_spec import get_train_spec
 
 from bench.analysis import ModelFacts, PhaseExpectation
 from titan_phases.config import parse_job_config
-from titan_phases.plan import build_plan, param_layouts
+from titan_phases.plan import build_plan
 from titan_phases.schedule import load_and_validate
 from titan_phases.train_spec import register_train_specs
 
@@ -21,7 +21,7 @@ def expect(args: list[str], world_size: int) -> ModelFacts:
     register_train_specs()
     job_config = parse_job_config(args)
     resolved = load_and_validate(job_config)
-    plan = build_plan(job_config, resolved, param_layouts(job_config, world_size), world_size)
+    plan = build_plan(job_config, resolved, world_size)
     model_args = get_train_spec(job_config.model.name).model_args[job_config.model.flavor]
     phases = tuple(
         PhaseExpectation(

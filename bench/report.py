@@ -169,14 +169,19 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_markdown(path: Path, results: dict[str, Any]) -> None:
-    """Replace the generated section of ``path`` (append one if it has none)."""
+def write_generated_section(path: Path, generated: str, begin: str, end: str) -> None:
+    """Replace the text from ``begin`` to ``end`` in ``path`` with ``generated`` (which holds
+    both markers), or append it when the file has no such section; the rest stays as it is."""
     text = path.read_text() if path.exists() else ""
-    generated = render(results)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + generated + ("\n" + tail if tail else "")
     else:
         text = text + ("\n" if text and not text.endswith("\n") else "") + generated
     path.write_text(text)
+
+
+def update_markdown(path: Path, results: dict[str, Any]) -> None:
+    """Replace the generated section of ``path`` (append one if it has none)."""
+    write_generated_section(path, render(results), BEGIN, END)

@@ -26,7 +26,7 @@ from titan_phases.interop.plot import plot_timeline, PlotUnavailable
 from titan_phases.interop.table import phase_rows, render_table
 from titan_phases.interop.timeline import read_timeline
 from titan_phases.interop.toml_writer import dumps
-from titan_phases.plan import build_plan, MeshError, param_layouts, render_plan
+from titan_phases.plan import build_plan, MeshError, render_plan
 from titan_phases.prepare import check_start
 from titan_phases.runtime.process_exit import EXIT_INVALID_INPUT
 from titan_phases.schedule import load_and_validate, ResolvedSchedule, ScheduleError
@@ -256,8 +256,7 @@ def _plan(args: argparse.Namespace, rest: list[str]) -> int:
     _print_warnings(resolved.warnings)
     world_size = args.world_size or _default_world_size()
     try:
-        layouts = param_layouts(job_config, world_size)
-        plan = build_plan(job_config, resolved, layouts, world_size, args.seconds_per_step)
+        plan = build_plan(job_config, resolved, world_size, args.seconds_per_step)
     except MeshError as e:
         raise _InvalidInput(f"{e} (--world-size {world_size})") from None
     print(json.dumps(plan.as_json(), indent=2) if args.json else render_plan(plan))

@@ -173,12 +173,12 @@ def measured_state_bytes(records: list[dict]) -> dict[int, list[int]]:
 def planned_state_bytes(world_size: int, *job_args: str) -> dict[int, list[int]]:
     """Phase -> optimizer state bytes per rank, as ``titan-phases plan`` predicts them."""
     from titan_phases.config import parse_job_config
-    from titan_phases.plan import build_plan, param_layouts
+    from titan_phases.plan import build_plan
     from titan_phases.schedule import load_and_validate
     from titan_phases.train_spec import register_train_specs
 
     register_train_specs()
     job_config = parse_job_config(list(job_args))
     resolved = load_and_validate(job_config)
-    plan = build_plan(job_config, resolved, param_layouts(job_config, world_size), world_size)
+    plan = build_plan(job_config, resolved, world_size)
     return {k: [m.optimizer_state for m in p.memory] for k, p in enumerate(plan.phases)}

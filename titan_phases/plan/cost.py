@@ -44,7 +44,7 @@ from torchtitan.protocols.train_spec import get_train_spec
 
 from titan_phases.components.flops import attention_flops, ideal_phase_ratio
 from titan_phases.components.optimizer import optimizer_from_config
-from titan_phases.plan.layout import parallel_dims_for, ParamLayout
+from titan_phases.plan.layout import parallel_dims_for, param_layouts, ParamLayout
 from titan_phases.schedule.classes import import_class_path, OPTIMIZER_MODULE
 from titan_phases.schedule.resolve import ResolvedSchedule
 
@@ -201,11 +201,14 @@ def _phase_steps(
 def build_plan(
     job_config: JobConfig,
     resolved: ResolvedSchedule,
-    layouts: Mapping[str, ParamLayout],
     world_size: int,
     seconds_per_step: float | None = None,
 ) -> Plan:
-    """The plan of the job whose schedule is ``resolved``, laid out as ``layouts``."""
+    """The plan of the job whose schedule is ``resolved``, on ``world_size`` ranks.
+
+    Raises MeshError as :func:`titan_phases.plan.layout.param_layouts` does.
+    """
+    layouts = param_layouts(job_config, world_size)
     train_spec = get_train_spec(job_config.model.name)
     model_args = train_spec.model_args[job_config.model.flavor]
     seq_len = job_config.training.seq_len
