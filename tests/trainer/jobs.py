@@ -23,6 +23,7 @@ class JobResult:
     returncode: int
     output: str
     dump: Path
+    all_gathers: Path | None = None
 
     def records(self, kind: str = "train") -> list[dict]:
         """metrics.jsonl records of ``kind`` written by the *last* process start."""
@@ -38,6 +39,28 @@ class JobResult:
 
     def losses(self) -> dict[int, float]:
         return {r["step"]: r["loss"] for r in self.records()}
+
+    def backward_all_gathers(self, microbatches: int = 1) -> dict[int, set[str]]:
+        """Phase -> what any rank all-gathered inside backward in that phase: the block
+        (``layers.N``) of a block's parameter, the parameter's own name outside blocks.
+
+        Needs ``run_job(..., record_all_gathers=True)`` and a single process start; a step
+        runs ``microbatches`` backwards.
+        """
+        from tests.trainer.backward_all_gathers import read
+
+        assert self.all_gathers is not None, "run_job(..., record_all_gathers=True)"
+        phase_of_step = {r["step"]: r["phase"] for r in self.records()}
+        first_step = min(phase_of_step)
+        gathered: dict[int, set[str]] = {}
+        for rank_records in read(self.all_gathers).values():
+            for record in rank_records:
+                phase = phase_of_step[first_step + (record["backward"] - 1) // microbatches]
+                gathered.setdefault(phase, set()).update(
+                    ".".join(n.split(".")[:2]) if n.startswith("layers.") else n
+                    for n in record["fqns"]
+                )
+        return gathered
 
     def failure(self) -> str:
         """The end of the output, for an assertion message.
@@ -95,6 +118,7 @@ def run_job(
     kill_after_step: int | None = None,
     terminate_after_step: int | None = None,
     faults: dict[str, str] | None = None,
+    record_all_gathers: bool = False,
     timeout: float = 300,
 ) -> JobResult:
     """Run a job with torchrun.
@@ -105,7 +129,9 @@ def run_job(
     alone gets SIGTERM once that step is logged, as a scheduler preempting the job would send
     it, and the job is left to finish on its own. ``faults`` are environment variables of
     ``tests/trainer/tiny_spec.py`` that make the job stall at a chosen moment: once a rank has
-    stalled there, the job is SIGKILLed, launcher and ranks together.
+    stalled there, the job is SIGKILLed, launcher and ranks together. ``record_all_gathers``
+    records the FSDP all-gathers of every backward (``tests/trainer/backward_all_gathers.py``;
+    the config must import that module, as ``tiny_spec.py`` does).
     """
     cache = os.environ["TITAN_PHASES_CACHE"]
     cmd = torchrun_command(
@@ -120,6 +146,9 @@ def run_job(
     stalled = log.with_suffix(".stalled")
     if faults:
         env.update(faults, TITAN_PHASES_TEST_STALL_MARKER=str(stalled))
+    all_gathers = log.with_suffix(".all_gathers") if record_all_gathers else None
+    if all_gathers:
+        env["TITAN_PHASES_TEST_ALL_GATHERS"] = str(all_gathers)
     dump.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -139,7 +168,7 @@ def run_job(
                 proc.send_signal(signal.SIGTERM)
                 terminate_after_step = None
             time.sleep(0.05)
-    return JobResult(proc.returncode, log.read_text(), dump)
+    return JobResult(proc.returncode, log.read_text(), dump, all_gathers)
 
 
 def model_tensors(checkpoint: Path, scratch: Path) -> dict[str, torch.Tensor]:

@@ -34,7 +34,8 @@ EP2 = ("--parallelism.expert_parallel_degree", "2")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, JobResult]:
     results = {}
     for name, options in (("fsdp", ()), ("ep2", EP2)):
-        result = run_job(tmp_path_factory.mktemp(name) / "run", *options, config=MOE_JOB)
+        result = run_job(tmp_path_factory.mktemp(name) / "run", *options, config=MOE_JOB,
+                         record_all_gathers=True)
         assert result.returncode == 0, result.failure()
         results[name] = result
     return results
@@ -75,3 +76,49 @@ def test_expert_bias_keeps_balancing_while_the_experts_are_frozen(
             for name, run in runs.items()}
     for n in (n for n in bias["fsdp"] if n.endswith("moe.expert_bias")):
         assert torch.equal(bias["fsdp"][n], bias["ep2"][n]), n
+
+
+def test_backward_all_gathers_no_frozen_block_below_the_trainable_ones(
+    runs: dict[str, JobResult],
+):
+    # Under EP each MoE block's experts are an FSDP module of their own; here they count as
+    # part of their block (layers.N). Phase 0 trains the routers of blocks 4-5 and phase 1 the
+    # routers from block 1 up: the frozen blocks below, experts included, are never gathered.
+    expected = {0: {"layers.4", "layers.5"},
+                1: {"layers.1", "layers.2", "layers.3", "layers.4", "layers.5"},
+                2: {"layers.0", "layers.1", "layers.2", "layers.3", "layers.4", "layers.5",
+                    "tok_embeddings.weight"}}
+    for name, run in runs.items():
+        gathered = run.backward_all_gathers()
+        assert {k: v - {"output.weight", "norm.weight"} for k, v in gathered.items()} == (
+            expected
+        ), name
+
+
+def test_the_expert_bias_follows_stock_torchtitan_while_the_same_params_train(
+    tmp_path: Path,
+):
+    # One phase that trains everything against torchtitan's own Trainer on the same job (EP 2):
+    # the load-balancing hook sees the same tokens, so every checkpoint must match stock's.
+    import tomllib
+
+    from titan_phases.interop.toml_writer import dumps
+
+    tables = tomllib.loads(MOE_JOB.read_text())
+    tables["phases"] = {"schedule": {"0": {"params": [".+"]}}}
+    one_phase = tmp_path / "one_phase.toml"
+    one_phase.write_text(dumps(tables))
+    stock = run_job(tmp_path / "stock", *EP2, "--model.name", "deepseek_v3", config=one_phase)
+    phased = run_job(tmp_path / "phased", *EP2, config=one_phase)
+    for run in (stock, phased):
+        assert run.returncode == 0, run.failure()
+    for step in (2, 4, 6):
+        got, expected = (
+            model_tensors(run.dump / "checkpoint" / f"step-{step}", tmp_path / f"{n}{step}.pt")
+            for n, run in (("phased", phased), ("stock", stock))
+        )
+        biases = [n for n in expected if n.endswith("moe.expert_bias")]
+        assert len(biases) == 5 and all(expected[n].abs().sum() > 0 for n in biases)
+        assert sorted(got) == sorted(expected)
+        for n in expected:
+            assert torch.equal(got[n], expected[n]), (step, n)

@@ -14,7 +14,8 @@ Faults a test can inject through the environment, on every rank of the job:
   of a matching folder with ENOSPC after writing part of a file, as a full disk would.
 
 A stalled rank first creates the file ``TITAN_PHASES_TEST_STALL_MARKER`` names, which tells the
-test that the moment has come.
+test that the moment has come. ``TITAN_PHASES_TEST_ALL_GATHERS`` records backward all-gathers
+(:mod:`tests.trainer.backward_all_gathers`).
 """
 
 import dataclasses
@@ -28,6 +29,7 @@ from torch.distributed.checkpoint.filesystem import _FileSystemWriter
 from torchtitan.models.llama3 import TransformerModelArgs
 from torchtitan.protocols.train_spec import get_train_spec, register_train_spec
 
+import tests.trainer.backward_all_gathers  # noqa: F401  (records when its variable is set)
 from titan_phases.components.best_checkpoint import RestoreBest
 from titan_phases.components.metrics import PhaseMetricsProcessor
 from titan_phases.train_spec import phased

@@ -1,0 +1,65 @@
+"""Records every FSDP2 all-gather that runs inside a backward pass of a real job.
+
+Loaded on every rank by ``experimental.custom_import`` (``tiny_spec.py`` imports it). With
+``TITAN_PHASES_TEST_ALL_GATHERS=<folder>`` each rank appends one JSON line per such all-gather
+to ``<folder>/rank<R>.jsonl``: ``{"backward": k, "fqns": [...]}``, where ``k`` counts this
+process's backward calls from 1 (one per microbatch) and ``fqns`` are the parameters the
+unshard gathers. Without the variable nothing is patched.
+
+Relies on private torch APIs: every FSDP2 unshard goes through
+``torch.distributed.fsdp._fully_shard._fsdp_param_group.foreach_all_gather``, and
+``FSDPParam._param_fqn`` names each parameter.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+FOLDER = os.environ.get("TITAN_PHASES_TEST_ALL_GATHERS")
+
+
+class _Recorder:
+    def __init__(self, path: Path):
+        self.path = path
+        self.backward = 0
+        self.inside = False
+
+    def install(self) -> None:
+        from torch.distributed.fsdp._fully_shard import _fsdp_param_group
+
+        backward, all_gather = torch.autograd.backward, _fsdp_param_group.foreach_all_gather
+
+        def counted_backward(*args, **kwargs):
+            self.backward += 1
+            self.inside = True
+            try:
+                return backward(*args, **kwargs)
+            finally:
+                self.inside = False
+
+        def recorded_all_gather(fsdp_params, *args, **kwargs):
+            if self.inside:
+                line = {"backward": self.backward, "fqns": [p._param_fqn for p in fsdp_params]}
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+            return all_gather(fsdp_params, *args, **kwargs)
+
+        torch.autograd.backward = counted_backward
+        _fsdp_param_group.foreach_all_gather = recorded_all_gather
+
+
+def read(folder: Path) -> dict[int, list[dict]]:
+    """Rank -> its recorded all-gathers, in order."""
+    return {
+        int(path.stem.removeprefix("rank")): [
+            json.loads(line) for line in path.read_text().splitlines()
+        ]
+        for path in sorted(folder.glob("rank*.jsonl"))
+    }
+
+
+if FOLDER:
+    Path(FOLDER).mkdir(parents=True, exist_ok=True)
+    _Recorder(Path(FOLDER) / f"rank{os.environ.get('RANK', '0')}.jsonl").install()
