@@ -45,7 +45,11 @@ _RSS = "memory/max_reserved(GiB)"
 
 @dataclass(frozen=True)
 class Job:
-    """A job to run: which model, how long, and (phased jobs) which schedule TOML."""
+    """A job to run: which model, how long, and (phased jobs) which schedule TOML.
+
+    ``args``: torchtitan arguments after the others, overriding them and the base config (a
+    parallel layout, a smaller batch).
+    """
 
     label: str
     model: str
@@ -53,6 +57,7 @@ class Job:
     steps: int
     schedule: str | None = None
     custom_import: str | None = None
+    args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ def job_args(job: Job, dump: Path, tokenizer: Path) -> list[str]:
         args += ["--experimental.custom_import", job.custom_import]
     if job.schedule is not None:
         args += ["--phases.schedule_file", str(schedule_path(dump))]
-    return args
+    return args + list(job.args)
 
 
 def command(job: Job, dump: Path, tokenizer: Path, nproc: int) -> list[str]:

@@ -10,14 +10,18 @@ For each model size it runs, on 2 CPU ranks (FSDP2 over gloo), back to back in e
 * ``phased``: PhasedTrainer with the three-phase schedule of :mod:`bench.schedules`;
 * ``all`` (6 blocks only): PhasedTrainer with one phase training everything (overhead).
 
-The 6-block ``debugmodel`` is the main subject; 3 and 12 blocks (``bench.spec``) show scaling
-with fewer repeats. Job order alternates between repeats. ``--quick`` runs one short repeat of
-everything and writes its BENCHMARKS.md into the output folder too, leaving the repository's
-alone (for development; its numbers mean little).
+The 6-block ``debugmodel`` is the main subject (row ``main``); 3 and 12 blocks
+(``bench.spec``, row ``scaling``) show scaling with fewer repeats. Row ``fsdp2_tp2`` runs the
+6-block stock and phased jobs on FSDP2 x TP2 (:data:`FSDP2_TP2`). Job order alternates between
+repeats. ``--quick`` runs one short repeat of everything; ``--rows`` runs some rows only. Both
+write their BENCHMARKS.md into the output folder, leaving the repository's alone (for
+development; a quick run's numbers mean little).
 
 **Limitations**
 Timings are wall-clock on whatever else the machine runs; the report states the load average
-before and after. Only CPU/gloo was measured: GPU step-time ratios will differ.
+before and after. Only CPU/gloo was measured: GPU step-time ratios will differ. The FSDP2 x TP2
+jobs run 4 ranks on the 2 cores of the machine they were written for: the CPU is
+oversubscribed, in stock and phased jobs alike.
 """
 
 from __future__ import annotations
@@ -46,12 +50,18 @@ RESULTS_FILE = "results.json"  # in the run's output folder, beside the jobs' du
 MARKDOWN = jobs.REPO / "BENCHMARKS.md"
 
 
+ROWS = ("main", "scaling", "fsdp2_tp2")
+
+
 @dataclass(frozen=True)
 class Settings:
     repeats: int = 5
     scaling_repeats: int = 2
+    # FSDP2 x TP2 runs 4 ranks on the 2 cores, each step about twice as long: fewer repeats.
+    layout_repeats: int = 2
     steps_per_phase: int = 7
     scaling_steps_per_phase: int = 5
+    layout_steps_per_phase: int = 5
     # Steps at the start of every phase (and job) left out of its steady median: the first
     # holds the transition (or process warm-up), the second may still pay lazy allocations.
     skip: int = 2
@@ -61,59 +71,107 @@ class Settings:
     quiet_threshold: float = 0.15
     max_wait_s: float = 45.0
     max_total_wait_s: float = 240.0  # bounds the suite's wall time on a machine that stays busy
+    rows: tuple[str, ...] = ROWS
 
 
-QUICK = Settings(repeats=1, scaling_repeats=1, steps_per_phase=4, scaling_steps_per_phase=4,
-                 max_wait_s=0.0, max_total_wait_s=0.0)
+QUICK = Settings(repeats=1, scaling_repeats=1, layout_repeats=1, steps_per_phase=4,
+                 scaling_steps_per_phase=4, max_wait_s=0.0, max_total_wait_s=0.0)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A model size on a layout, the row it belongs to and the arguments of its jobs.
+
+    Attributes:
+        tp: tensor-parallel degree. Its jobs run on ``Settings.nproc * tp`` ranks, FSDP2 over
+            ``Settings.nproc`` of them (the data-parallel degree of the 1-D FSDP rows).
+        args: torchtitan arguments of every job of the model, on top of the base job.
+    """
+
     depth: int
     flavor: str
     stock_model: str
     phased_model: str
+    row: str
     custom_import: str | None = None
+    tp: int = 1
+    args: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"d{self.depth}" + (f"-tp{self.tp}" if self.tp > 1 else "")
 
 
-MAIN = ModelSpec(6, "debugmodel", "llama3", "llama3_phases")
+MAIN = ModelSpec(6, "debugmodel", "llama3", "llama3_phases", "main")
 SCALING = (
-    ModelSpec(3, "depth3", STOCK_SPEC, PHASED_SPEC, "bench.spec"),
-    ModelSpec(12, "depth12", STOCK_SPEC, PHASED_SPEC, "bench.spec"),
+    ModelSpec(3, "depth3", STOCK_SPEC, PHASED_SPEC, "scaling", "bench.spec"),
+    ModelSpec(12, "depth12", STOCK_SPEC, PHASED_SPEC, "scaling", "bench.spec"),
 )
+FSDP2_TP2 = ModelSpec(
+    6, "debugmodel", "llama3", "llama3_phases", "fsdp2_tp2", tp=2,
+    args=("--parallelism.tensor_parallel_degree", "2"),
+)
+LAYOUT_TITLES = {"fsdp2_tp2": "FSDP2 x TP2"}
 
 
 def model_jobs(model: ModelSpec, steps_per_phase: int, with_all: bool) -> dict[str, jobs.Job]:
-    """The jobs of one model size in one repeat, by kind (stock, phased, all)."""
-    name = f"d{model.depth}"
+    """The jobs of one model in one repeat, by kind (stock, phased, all)."""
     found = {
-        "stock": jobs.Job(f"stock-{name}", model.stock_model, model.flavor,
-                          2 * steps_per_phase, None, model.custom_import),
-        "phased": jobs.Job(f"phased-{name}", model.phased_model, model.flavor,
+        "stock": jobs.Job(f"stock-{model.name}", model.stock_model, model.flavor,
+                          2 * steps_per_phase, None, model.custom_import, model.args),
+        "phased": jobs.Job(f"phased-{model.name}", model.phased_model, model.flavor,
                            3 * steps_per_phase,
                            schedules.three_phase(model.depth, steps_per_phase),
-                           model.custom_import),
+                           model.custom_import, model.args),
     }
     if with_all:
-        found["all"] = jobs.Job(f"all-{name}", model.phased_model, model.flavor,
-                                2 * steps_per_phase, schedules.all_params(), model.custom_import)
+        found["all"] = jobs.Job(f"all-{model.name}", model.phased_model, model.flavor,
+                                2 * steps_per_phase, schedules.all_params(), model.custom_import,
+                                model.args)
     return found
 
 
+def row_models(settings: Settings) -> list[tuple[ModelSpec, int, int, bool]]:
+    """``(model, repeats, steps per phase, with the one-phase job)`` of every selected row."""
+    rows = [(MAIN, settings.repeats, settings.steps_per_phase, True)]
+    rows += [(model, settings.scaling_repeats, settings.scaling_steps_per_phase, False)
+             for model in SCALING]
+    rows.append((FSDP2_TP2, settings.layout_repeats, settings.layout_steps_per_phase, False))
+    return [row for row in rows if row[0].row in settings.rows]
+
+
 def plan(settings: Settings) -> list[tuple[int, ModelSpec, str, jobs.Job]]:
-    """Every job in run order as ``(repeat, model, kind, job)``."""
+    """Every job in run order as ``(repeat, model, kind, job)``.
+
+    A model's jobs of a repeat are adjacent, so every ratio is between jobs run back to back.
+    """
+    rows = row_models(settings)
     order = []
-    for repeat in range(settings.repeats):
-        batch = [(MAIN, kind, job) for kind, job in
-                 model_jobs(MAIN, settings.steps_per_phase, with_all=True).items()]
-        if repeat < settings.scaling_repeats:
-            for model in SCALING:
-                batch += [(model, kind, job) for kind, job in
-                          model_jobs(model, settings.scaling_steps_per_phase, False).items()]
+    for repeat in range(max((repeats for _, repeats, _, _ in rows), default=0)):
+        batch = [
+            (model, kind, job)
+            for model, repeats, steps_per_phase, with_all in rows if repeat < repeats
+            for kind, job in model_jobs(model, steps_per_phase, with_all).items()
+        ]
         if repeat % 2:
             batch.reverse()
         order += [(repeat, model, kind, job) for model, kind, job in batch]
     return order
+
+
+def _row_text(
+    model: ModelSpec, repeats: int, steps_per_phase: int, with_all: bool, nproc: int
+) -> str:
+    spp = steps_per_phase
+    what = f"{model.depth} blocks"
+    if model.tp > 1:
+        ranks, cores = nproc * model.tp, os.cpu_count() or 1
+        busy = ": oversubscribed" if ranks > cores else ""
+        what = (f"{LAYOUT_TITLES[model.row]} ({what}, `{' '.join(model.args)}`, {ranks} ranks "
+                f"on {cores} cores{busy})")
+    stock = "stock and one-phase jobs" if with_all else "stock"
+    counted = f"{repeats} repeat" + ("s" if repeats != 1 else "")
+    return f"{what}: {counted}, {stock} {2 * spp} steps, phased {3 * spp} ({spp} per phase)"
 
 
 def _config(settings: Settings) -> dict[str, Any]:
@@ -123,16 +181,37 @@ def _config(settings: Settings) -> dict[str, Any]:
            f"{training['local_batch_size']} x seq {training['seq_len']} per rank, "
            f"{settings.nproc} ranks (FSDP2, gloo, 1 thread each), fp32, {optimizer['name']} "
            f"lr {optimizer['lr']:g}, no checkpoints, no validation, random init, log every step")
-    spp, sspp = settings.steps_per_phase, settings.scaling_steps_per_phase
-    steps = (f"6 blocks: stock and one-phase jobs {2 * spp} steps, phased {3 * spp} "
-             f"({spp} per phase); 3 and 12 blocks: stock {2 * sspp}, phased {3 * sspp}. "
-             f"Steady step time = median over a phase's steps after its first {settings.skip}")
-    return {"settings": dataclasses.asdict(settings), "job": job, "steps": steps,
-            "repeats": settings.repeats, "scaling_repeats": settings.scaling_repeats}
+    steps = "; ".join(_row_text(*row, settings.nproc) for row in row_models(settings))
+    steps += (f". Steady step time = median over a phase's steps after its first {settings.skip};"
+              " jobs of a repeat run back to back, order alternating")
+    return {"settings": dataclasses.asdict(settings), "job": job, "steps": steps}
 
 
 def _record_dicts(output: jobs.JobOutput) -> list[dict[str, Any]]:
     return [dataclasses.asdict(r) for r in output.records]
+
+
+def _summaries(
+    settings: Settings,
+    outputs: dict[ModelSpec, dict[str, list[jobs.JobOutput]]],
+    facts: dict[ModelSpec, ModelFacts],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The figures of every model run: ``(1-D FSDP models by depth, layouts by row)``."""
+    models, layouts = {}, {}
+    for model, kinds in outputs.items():
+        runs = summary.ModelRuns(
+            depth=model.depth, flavor=model.flavor, stock_model=model.stock_model,
+            phased_model=model.phased_model, facts=facts[model], stock=kinds["stock"],
+            phased=kinds["phased"], all_params=kinds.get("all", ()),
+        )
+        figures = summary.summarize(runs, settings.skip)
+        if model.tp == 1:
+            models[str(model.depth)] = figures
+        else:
+            layout = {**figures, "title": LAYOUT_TITLES[model.row],
+                      "ranks": settings.nproc * model.tp, "args": list(model.args)}
+            layouts[model.row] = {**layout, "targets": summary.layout_targets(layout)}
+    return models, layouts
 
 
 def run_suite(settings: Settings, out: Path) -> dict[str, Any]:
@@ -140,53 +219,49 @@ def run_suite(settings: Settings, out: Path) -> dict[str, Any]:
     start = time.monotonic()
     host = machine.machine()
     tokenizer = tokenizer_dir(ensure_assets()).resolve()
-    outputs: dict[tuple[int, str], dict[str, list[jobs.JobOutput]]] = {}
+    outputs: dict[ModelSpec, dict[str, list[jobs.JobOutput]]] = {}
     raw_runs: list[dict[str, Any]] = []
-    facts: dict[int, ModelFacts] = {}
+    facts: dict[ModelSpec, ModelFacts] = {}
     wait_left = settings.max_total_wait_s
     for repeat, model, kind, job in plan(settings):
         dump = out / f"r{repeat}-{job.label}"
+        nproc = settings.nproc * model.tp
         busy, waited = machine.wait_until_quiet(
             settings.quiet_threshold, min(settings.max_wait_s, wait_left)
         )
         wait_left = max(0.0, wait_left - waited)
-        output = jobs.run(job, dump, tokenizer, settings.nproc)
-        outputs.setdefault((model.depth, model.flavor), {}).setdefault(kind, []).append(output)
+        output = jobs.run(job, dump, tokenizer, nproc)
+        outputs.setdefault(model, {}).setdefault(kind, []).append(output)
         raw_runs.append({"repeat": repeat, "label": job.label, "wall_s": output.wall_s,
                          "cpu_busy_before": busy, "waited_s": waited,
                          "records": _record_dicts(output)})
-        if kind == "phased" and model.depth not in facts:
-            facts[model.depth] = expect(jobs.job_args(job, dump, tokenizer), settings.nproc)
+        if kind == "phased" and model not in facts:
+            facts[model] = expect(jobs.job_args(job, dump, tokenizer), nproc)
         median = statistics.median(r.time_s for r in output.records[settings.skip:])
         print(f"[bench] r{repeat} {job.label}: {output.wall_s:.0f} s wall, "
               f"median step {median:.3f} s (machine {busy:.0%} busy before, waited "
               f"{waited:.0f} s)", file=sys.stderr, flush=True)
 
-    models = {}
-    for model in (MAIN, *SCALING):
-        kinds = outputs[(model.depth, model.flavor)]
-        runs = summary.ModelRuns(
-            depth=model.depth, flavor=model.flavor, stock_model=model.stock_model,
-            phased_model=model.phased_model, facts=facts[model.depth], stock=kinds["stock"],
-            phased=kinds["phased"], all_params=kinds.get("all", ()),
-        )
-        models[str(model.depth)] = summary.summarize(runs, settings.skip)
+    models, layouts = _summaries(settings, outputs, facts)
     host["load_after"] = os.getloadavg()[0]
     host["cpu_busy_before_jobs"] = dataclasses.asdict(
         Stat.of([run["cpu_busy_before"] for run in raw_runs])
     )
-    main = models[str(MAIN.depth)]
-    main["overhead"]["controller_due_us"] = 1e6 * controller_due_seconds()
+    main = models.get(str(MAIN.depth)) if "main" in settings.rows else None
+    if main is not None:
+        main["overhead"]["controller_due_us"] = 1e6 * controller_due_seconds()
+    rows = "" if settings.rows == ROWS else " --rows " + " ".join(settings.rows)
     return {
         "generated": datetime.now().isoformat(timespec="seconds"),
-        "command": "python -m bench.run",
+        "command": "python -m bench.run" + rows,
         "wall_s": time.monotonic() - start,
         "machine": host,
         "versions": machine.versions(jobs.REPO),
         "config": _config(settings),
-        "main": str(MAIN.depth),
-        "targets": summary.targets(main),
+        "main": str(MAIN.depth) if main is not None else None,
+        "targets": summary.targets(main) if main is not None else [],
         "models": models,
+        "layouts": layouts,
         "runs": raw_runs,
     }
 
@@ -195,16 +270,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true",
                         help="one short repeat; its BENCHMARKS.md under --out too (development)")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                        help="rows to run (default all); BENCHMARKS.md under --out unless all")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --rows of layout rows only: replace their blocks in the "
+                             "repository's BENCHMARKS.md, keeping every other figure there")
     parser.add_argument("--out", type=Path, default=jobs.REPO / "outputs" / "bench",
                         help="folder for the jobs' dumps and logs and results.json")
     args = parser.parse_args(argv)
+    if args.merge and (args.quick or not set(args.rows) <= set(LAYOUT_TITLES)):
+        parser.error("--merge takes layout rows only (--rows "
+                     f"{' '.join(LAYOUT_TITLES)}) and no --quick")
     out = args.out / datetime.now().strftime("%Y%m%d-%H%M%S")
-    results = run_suite(QUICK if args.quick else Settings(), out)
+    rows = tuple(row for row in ROWS if row in args.rows)
+    settings = dataclasses.replace(QUICK if args.quick else Settings(), rows=rows)
+    results = run_suite(settings, out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / RESULTS_FILE
-    markdown_path = out / "BENCHMARKS.md" if args.quick else MARKDOWN
     results_path.write_text(json.dumps(results, indent=1) + "\n")
-    report.update_markdown(markdown_path, results)
+    # A full run replaces the repository's figures; --merge only its layout rows' blocks.
+    if args.merge:
+        markdown_path = MARKDOWN
+        report.merge_layouts(markdown_path, results)
+    else:
+        markdown_path = out / "BENCHMARKS.md" if args.quick or rows != ROWS else MARKDOWN
+        report.update_markdown(markdown_path, results)
     print(f"[bench] {results['wall_s'] / 60:.1f} min; wrote {results_path} and {markdown_path}",
           file=sys.stderr)
 

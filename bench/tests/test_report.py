@@ -7,12 +7,19 @@ from typing import Any
 
 import pytest
 
-from bench.report import BEGIN, END, fmt, render, update_markdown
-from bench.summary import targets
+from bench.report import BEGIN, END, fmt, layout_markers, merge_layouts, render, update_markdown
+from bench.summary import layout_targets, targets
 
 
 @pytest.fixture
-def results(model_summary: dict[str, Any]) -> dict[str, Any]:
+def layout(model_summary: dict[str, Any]) -> dict[str, Any]:
+    layout = {**model_summary, "title": "FSDP2 x TP2", "ranks": 4,
+              "args": ["--parallelism.tensor_parallel_degree", "2"]}
+    return {**layout, "targets": layout_targets(layout)}
+
+
+@pytest.fixture
+def results(model_summary: dict[str, Any], layout: dict[str, Any]) -> dict[str, Any]:
     return {
         "generated": "2026-01-01T00:00:00", "command": "python -m bench.run", "wall_s": 600.0,
         "machine": {"cpu": "CPU", "cores": 2, "ram_gib": 24.0, "load_before": 1.0,
@@ -20,11 +27,11 @@ def results(model_summary: dict[str, Any]) -> dict[str, Any]:
                     "cpu_busy_before_jobs": {"median": 0.1, "low": 0.0, "high": 0.5, "n": 4}},
         "versions": {"python": "3.11", "torch": "2.13", "torchtitan": "0.2.2",
                      "titan_phases": "git abc"},
-        "config": {"job": "job", "steps": "steps", "repeats": 2, "scaling_repeats": 2,
-                   "settings": {"nproc": 2}},
+        "config": {"job": "job", "steps": "steps", "settings": {"nproc": 2}},
         "main": "2", "targets": targets(model_summary),
         "models": {"2": {**model_summary,
                          "overhead": {**model_summary["overhead"], "controller_due_us": 0.3}}},
+        "layouts": {"fsdp2_tp2": layout},
     }
 
 
@@ -46,6 +53,31 @@ def test_render_has_every_section(results: dict[str, Any]) -> None:
     assert "| 0 -> 1 | 20.0 [20.0, 20.0] |" in text
 
 
+def test_render_a_layout(results: dict[str, Any]) -> None:
+    text = render(results)
+    section = text.split("### Step time per phase: llama3 `tiny` (2 blocks), FSDP2 x TP2, "
+                         "4 ranks on CPU", 1)[1]
+    assert "4 ranks on 2 cores: the CPU is oversubscribed" in section
+    assert "these jobs took 1.0 min of the run" in section  # 3 jobs of 10 s, 2 repeats
+    # phase 0 against stock on the same layout: 0.5 and 0.525 over the two repeats
+    assert "| phased, phase 0 | 40 | " in section and "| 0.512 [0.500, 0.525] | 0.500 |" in section
+    state = section.split("### Optimizer state per rank: FSDP2 x TP2", 1)[1]
+    # no 1-D FSDP formula on a 2-D layout
+    assert "8 B x params" not in state and "| 0 | 40 | 1 | 164, 164 | 164, 164 | yes |" in state
+    assert ("Target: FSDP2 x TP2: optimizer state bytes per rank exactly as expected, every "
+            "phase: met." in state)
+    begin, end = layout_markers("fsdp2_tp2")
+    assert text.index(begin) < text.index("FSDP2 x TP2, 4 ranks") < text.index(end)
+    assert "From the run of `python -m bench.run` on 2026-01-01T00:00:00 (10.0 min;" in section
+
+
+def test_render_a_layout_alone(results: dict[str, Any]) -> None:
+    text = render({**results, "main": None, "models": {}})
+    assert "### Transitions" not in text and "### Controller overhead" not in text
+    assert "### Scaling" not in text
+    assert "### Optimizer state per rank: FSDP2 x TP2" in text
+
+
 def test_update_markdown_keeps_the_prose(tmp_path: Path, results: dict[str, Any]) -> None:
     path = tmp_path / "BENCHMARKS.md"
     path.write_text(f"# Title\n\nintro\n\n{BEGIN}\nold\n{END}\n\n## After\n")
@@ -55,3 +87,34 @@ def test_update_markdown_keeps_the_prose(tmp_path: Path, results: dict[str, Any]
     assert "old" not in text and text.endswith(f"{END}\n\n## After\n")
     update_markdown(path, results)
     assert path.read_text() == text
+
+
+def test_merge_layouts_keeps_the_other_runs_figures(
+    tmp_path: Path, results: dict[str, Any]
+) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(f"# Title\n\n{BEGIN}\nfull run\n{END}\n\n## After\n")
+    alone = {**results, "generated": "2026-02-02T00:00:00", "main": None, "models": {}}
+    merge_layouts(path, alone)
+    text = path.read_text()
+    begin, end = layout_markers("fsdp2_tp2")
+    assert text.startswith(f"# Title\n\n{BEGIN}\nfull run\n{begin}")
+    assert text.endswith(f"{end}\n\n{END}\n\n## After\n")
+    assert "on 2026-02-02T00:00:00" in text
+    merge_layouts(path, {**alone, "generated": "2026-03-03T00:00:00"})
+    again = path.read_text()
+    assert "on 2026-03-03T00:00:00" in again and "2026-02-02" not in again
+    assert again == text.replace("2026-02-02", "2026-03-03")
+
+
+def test_merge_layouts_needs_a_generated_section(tmp_path: Path, results: dict[str, Any]):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Title\n")
+    with pytest.raises(ValueError, match="no generated section"):
+        merge_layouts(path, results)
+
+
+def test_a_full_run_renders_the_block_merge_replaces(results: dict[str, Any]) -> None:
+    begin, end = layout_markers("fsdp2_tp2")
+    text = render(results)
+    assert text.count(begin) == 1 and text.index(end) < text.index(END)

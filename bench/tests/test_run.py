@@ -1,15 +1,20 @@
-"""The run plan: every repeat's jobs back to back, order alternating, scaling in early repeats."""
+"""The run plan: every repeat's jobs back to back, order alternating, scaling and the FSDP2 x TP2
+row in early repeats; row selection."""
 
 from __future__ import annotations
 
+from bench.jobs import job_args
 from bench.run import plan, Settings
 
 
 def test_plan() -> None:
-    order = plan(Settings(repeats=3, scaling_repeats=2))
+    order = plan(Settings(repeats=3, scaling_repeats=2, layout_repeats=1))
     labels = [(repeat, job.label) for repeat, _, _, job in order]
-    assert len(labels) == 3 * 3 + 2 * 4
+    assert len(labels) == 3 * 3 + 2 * 4 + 1 * 2
     assert labels[:3] == [(0, "stock-d6"), (0, "phased-d6"), (0, "all-d6")]
+    assert [label for repeat, label in labels if repeat == 0][-2:] == [
+        "stock-d6-tp2", "phased-d6-tp2"
+    ]
     assert [label for repeat, label in labels if repeat == 1][-3:] == [
         "all-d6", "phased-d6", "stock-d6"
     ]
@@ -17,10 +22,27 @@ def test_plan() -> None:
 
 
 def test_phased_jobs_carry_their_schedule() -> None:
-    settings = Settings(repeats=1, scaling_repeats=1)
+    settings = Settings(repeats=1, scaling_repeats=1, layout_repeats=1)
     for _, model, kind, job in plan(settings):
         assert (job.schedule is None) == (kind == "stock")
-        per_phase = (
-            settings.steps_per_phase if model.depth == 6 else settings.scaling_steps_per_phase
-        )
+        per_phase = {"main": settings.steps_per_phase,
+                     "scaling": settings.scaling_steps_per_phase,
+                     "fsdp2_tp2": settings.layout_steps_per_phase}[model.row]
         assert job.steps == (3 if kind == "phased" else 2) * per_phase
+
+
+def test_one_row_alone() -> None:
+    settings = Settings(repeats=5, layout_repeats=2, rows=("fsdp2_tp2",))
+    order = [(repeat, job.label) for repeat, _, _, job in plan(settings)]
+    assert order == [(0, "stock-d6-tp2"), (0, "phased-d6-tp2"),
+                     (1, "phased-d6-tp2"), (1, "stock-d6-tp2")]
+
+
+def test_layout_jobs_pass_their_layout_last(tmp_path) -> None:
+    (_, model, _, job), = [e for e in plan(Settings(layout_repeats=1, rows=("fsdp2_tp2",)))
+                           if e[2] == "stock"]
+    args = job_args(job, tmp_path / "dump", tmp_path)
+    assert args[-2:] == ["--parallelism.tensor_parallel_degree", "2"]
+    assert model.tp == 2
+    main_args = job_args(plan(Settings(rows=("main",)))[0][3], tmp_path / "dump", tmp_path)
+    assert "--parallelism.tensor_parallel_degree" not in main_args

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench.summary import targets, verdict
+from bench.summary import layout_targets, targets, verdict
 
 
 def test_ratios_are_taken_within_a_repeat(model_summary: dict[str, Any]) -> None:
@@ -50,3 +50,17 @@ def test_verdict() -> None:
     assert verdict({"median": 1.0, "low": 0.9, "high": 1.2}, 1.1) == "met on the median"
     assert verdict({"median": 1.2, "low": 1.0, "high": 1.3}, 1.1) == "missed on the median"
     assert verdict({"median": 1.2, "low": 1.15, "high": 1.3}, 1.1) == "missed"
+
+
+def test_layout_targets_judge_state_bytes_only(model_summary: dict[str, Any]) -> None:
+    layout = {**model_summary, "title": "FSDP2 x TP2"}
+    (check,) = layout_targets(layout)
+    assert check["target"].startswith("FSDP2 x TP2: optimizer state bytes")
+    assert check["verdict"] == "met"
+    wrong = dict(layout["phases"][1], state_bytes={"exact": False})
+    (check,) = layout_targets({**layout, "phases": [layout["phases"][0], wrong]})
+    assert check["verdict"] == "missed"
+
+
+def test_jobs_wall_time(model_summary: dict[str, Any]) -> None:
+    assert model_summary["jobs_wall_s"] == 60.0  # stock, phased and one-phase jobs of 10 s, x2

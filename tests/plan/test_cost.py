@@ -91,26 +91,29 @@ def test_default_job_plan_phases_ratios_and_wall_time(capsys):
     assert plan["full"]["flops_ratio"] == 1.0 and plan["full"]["seconds"] == 60 * 2
 
 
-def _benchmark_ratio_spreads() -> dict[int, tuple[float, float, float]]:
-    """Phase -> (ideal, min, max) of the measured ratio to stock, from BENCHMARKS.md."""
+def _benchmark_ratios() -> dict[int, tuple[float, float]]:
+    """Phase -> (ideal, median measured ratio to stock) of BENCHMARKS.md's 1-D FSDP table."""
     text = (REPO / "BENCHMARKS.md").read_text()
+    table = text.split("### Step time per phase: llama3 `debugmodel` (6 blocks), 2 ranks FSDP2")[1]
+    table = table.split("###")[0]
     rows = re.findall(
-        r"^\| phased, phase (\d) \| [^|]+ \| [^|]+ \| [\d.]+ \[([\d.]+), ([\d.]+)\] \| ([\d.]+) \|",
-        text, flags=re.MULTILINE,
+        r"^\| phased, phase (\d) \| [^|]+ \| [^|]+ \| ([\d.]+) \[[\d.]+, [\d.]+\] \| ([\d.]+) \|",
+        table, flags=re.MULTILINE,
     )
-    return {int(k): (float(ideal), float(low), float(high)) for k, low, high, ideal in rows}
+    return {int(k): (float(ideal), float(median)) for k, median, ideal in rows}
 
 
-def test_plan_ratios_are_the_benchmarks_ideal_and_inside_its_measured_spread(capsys):
+def test_plan_ratios_are_the_benchmarks_ideal_and_within_its_target_of_the_measured(capsys):
     # BENCHMARKS.md's phased job splits the 6 blocks as the default job does, at the same
-    # batch and sequence length: its per-phase step-time ratios measure what plan predicts.
-    spreads = _benchmark_ratio_spreads()
-    assert sorted(spreads) == [0, 1, 2]
+    # batch and sequence length: its per-phase step-time ratios measure what plan predicts,
+    # to within the benchmark's own target (measured / ideal <= 1.10), on either side.
+    ratios = _benchmark_ratios()
+    assert sorted(ratios) == [0, 1, 2]
     plan = plan_json(capsys, "--world-size", "2", "--job.config_file", DEFAULT_JOB)
     for k, phase in enumerate(plan["phases"]):
-        ideal, low, high = spreads[k]
+        ideal, median = ratios[k]
         assert round(phase["flops_ratio"], 3) == ideal
-        assert low <= phase["flops_ratio"] <= high
+        assert abs(median / phase["flops_ratio"] - 1) <= 0.10, (k, median, ideal)
 
 
 def test_llama3_8b_plan_for_8_gpus_runs_on_this_cpu_machine(capsys):
