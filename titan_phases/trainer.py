@@ -33,8 +33,10 @@ want of space stops training too (:mod:`titan_phases.components.save_failure`), 
 checkpoints before it intact.
 
 **Limitations**
-No pipeline parallelism: torchtitan builds pipeline schedules once and a transition cannot
-rebuild them (schedule validation rejects ``pipeline_parallel_degree > 1``).
+No pipeline parallelism (schedule validation rejects ``pipeline_parallel_degree > 1``): a
+``torch.distributed.pipelining`` schedule works out at its first step which stage inputs need
+grad and keeps that, so a thaw across a stage boundary fails in backward, and the zero-bubble
+schedules drop the weight grads of a stage whose inputs need none.
 """
 
 from __future__ import annotations

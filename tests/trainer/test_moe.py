@@ -1,5 +1,6 @@
 """A phased MoE job (deepseek_v3 debug model) on 2 gloo ranks, with and without expert
-parallelism: routers train from step 1, experts thaw in later phases.
+parallelism: the top two blocks' routers train from step 1, the other routers and the experts
+thaw in later phases. A one-phase job on the same config is held to stock torchtitan.
 
 On 2 ranks EP 2 splits the experts' first dimension over the same 2 ranks as FSDP does, so
 random initialisation gives both runs the same weights, and both see the same batches. With EP
@@ -78,7 +79,7 @@ def test_expert_bias_keeps_balancing_while_the_experts_are_frozen(
         assert torch.equal(bias["fsdp"][n], bias["ep2"][n]), n
 
 
-def test_backward_all_gathers_no_frozen_block_below_the_trainable_ones(
+def test_backward_never_all_gathers_a_frozen_block_below_the_trainable_ones(
     runs: dict[str, JobResult],
 ):
     # Under EP each MoE block's experts are an FSDP module of their own; here they count as

@@ -80,7 +80,8 @@ def check_settings(
                        f"must be >= 1, got {job_config.training.steps}")
 
     if job_config.parallelism.pipeline_parallel_degree > 1:
-        # torchtitan builds pipeline schedules once; a transition could not rebuild them.
+        # A pipeline schedule works out at its first step which stage inputs need grad and keeps
+        # that: a later thaw across a stage boundary fails in backward.
         problems.error(source, None, "parallelism.pipeline_parallel_degree",
                        f"phases do not support pipeline parallelism, got "
                        f"{job_config.parallelism.pipeline_parallel_degree}",
