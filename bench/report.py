@@ -225,13 +225,11 @@ def merge_layouts(path: Path, results: dict[str, Any]) -> None:
         raise ValueError(f"{path} has no generated section to merge into")
     for name in results["layouts"]:
         block = "\n".join(_layout(name, results))
-        begin, end = layout_markers(name)
-        if begin in text and end in text:
-            head, rest = text.split(begin, 1)
-            text = head + block + "\n" + rest.split(end, 1)[1].lstrip("\n")
-        else:
+        replaced = replace_section(text, block, *layout_markers(name))
+        if replaced is None:
             head, tail = text.split(END, 1)
-            text = head + block + "\n" + END + tail
+            replaced = head + block + "\n" + END + tail
+        text = replaced
     path.write_text(text)
 
 
@@ -239,13 +237,20 @@ def write_generated_section(path: Path, generated: str, begin: str, end: str) ->
     """Replace the text from ``begin`` to ``end`` in ``path`` with ``generated`` (which holds
     both markers), or append it when the file has no such section; the rest stays as it is."""
     text = path.read_text() if path.exists() else ""
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        text = head + generated + ("\n" + tail if tail else "")
-    else:
-        text = text + ("\n" if text and not text.endswith("\n") else "") + generated
-    path.write_text(text)
+    replaced = replace_section(text, generated, begin, end)
+    if replaced is None:
+        replaced = text + ("\n" if text and not text.endswith("\n") else "") + generated
+    path.write_text(replaced)
+
+
+def replace_section(text: str, generated: str, begin: str, end: str) -> str | None:
+    """``text`` with its section from ``begin`` to ``end`` replaced by ``generated`` (which
+    holds both markers), or None when ``text`` has no such section."""
+    if begin not in text or end not in text:
+        return None
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1].lstrip("\n")
+    return head + generated + ("\n" + tail if tail else "")
 
 
 def update_markdown(path: Path, results: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ class _Recorder:
         def recorded_all_gather(fsdp_params, *args, **kwargs):
             if self.inside:
                 line = {"backward": self.backward, "fqns": [p._param_fqn for p in fsdp_params]}
+                # Opened per line: ranks leave through os._exit, which drops buffered writes.
                 with open(self.path, "a") as f:
                     f.write(json.dumps(line) + "\n")
             return all_gather(fsdp_params, *args, **kwargs)
