@@ -16,6 +16,10 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.pipeline_ideal import Pipeline
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,8 @@ class StepRecord:
     Attributes:
         step: the step number.
         time_s: torchtitan's end-to-end step time.
-        rss_gib: peak RSS of rank 0 during the step (torchtitan resets the peak every log).
+        rss_gib: peak RSS of the logging rank (rank 0; the last stage's under PP) during the
+            step (torchtitan resets the peak every log).
         phase: the phase the step trained in (0 for stock runs).
         metrics_s: phased runs only: time titan_phases' metrics processor spends per step
             before torchtitan's (end-to-end time minus titan_phases' own ``step_time_s``).
@@ -97,12 +102,17 @@ class PhaseExpectation:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What a phased job of one model should cost, derived from its config alone."""
+    """What a phased job of one model should cost, derived from its config alone.
+
+    ``pipeline``: under pipeline parallelism, how the job pipelines the model; its phases'
+    ideal ratios are then :mod:`bench.pipeline_ideal`'s makespan ratios.
+    """
 
     total_params: int
     n_layers: int
     dim: int
     phases: tuple[PhaseExpectation, ...]
+    pipeline: Pipeline | None = None
 
 
 def by_phase(records: Sequence[StepRecord], skip: int) -> dict[int, PhaseRun]:

@@ -1,15 +1,19 @@
-"""What a phased job should cost, from its config alone: ideal FLOP ratio and optimizer state bytes.
+"""What a phased job should cost, from its config alone: ideal step ratio and optimizer state bytes.
 
 Both come from ``titan-phases plan`` (:func:`titan_phases.plan.build_plan`): the job's schedule
 resolved exactly as the job resolves it, the model laid out on the meta device over a fake
-process group of ``world_size`` ranks (no parameter memory, no communication).
+process group of ``world_size`` ranks (no parameter memory, no communication). The ideal ratio
+is the plan's FLOP ratio, except under pipeline parallelism, where it is the ratio of 1F1B
+makespans of :mod:`bench.pipeline_ideal` (the plan's FLOP ratio ignores the stages).
 """
 
 from __future__ import annotations
 
 from torchtitan.protocols.train_spec import get_train_spec
 
+from bench import pipeline_ideal
 from bench.analysis import ModelFacts, PhaseExpectation
+from titan_phases.components.flops import attention_flops
 from titan_phases.config import parse_job_config
 from titan_phases.plan import build_plan
 from titan_phases.schedule import load_and_validate
@@ -23,12 +27,22 @@ def expect(args: list[str], world_size: int) -> ModelFacts:
     resolved = load_and_validate(job_config)
     plan = build_plan(job_config, resolved, world_size)
     model_args = get_train_spec(job_config.model.name).model_args[job_config.model.flavor]
+    pipeline = None
+    ideal = [phase.flops_ratio for phase in plan.phases]
+    if job_config.parallelism.pipeline_parallel_degree > 1:
+        pipeline = pipeline_ideal.pipeline_of(job_config, model_args.n_layers)
+        attention = attention_flops(model_args.dim, job_config.training.seq_len)
+        ideal = [
+            pipeline_ideal.ideal_ratio(resolved.param_numels, pipeline,
+                                       resolved.trainable_params(k), attention)
+            for k in range(len(plan.phases))
+        ]
     phases = tuple(
         PhaseExpectation(
             params=resolved.phase_params[k],
             trainable=phase.trainable_params,
             trainable_tensors=len(resolved.trainable_params(k)),
-            ideal_ratio=phase.flops_ratio,
+            ideal_ratio=ideal[k],
             state_bytes=tuple(m.optimizer_state for m in phase.memory),
         )
         for k, phase in enumerate(plan.phases)
@@ -38,4 +52,5 @@ def expect(args: list[str], world_size: int) -> ModelFacts:
         n_layers=model_args.n_layers,
         dim=model_args.dim,
         phases=phases,
+        pipeline=pipeline,
     )

@@ -4,7 +4,8 @@ Every job is ``python -m titan_phases.train`` (the CPU/gloo runtime; a model who
 not phased runs on torchtitan's stock Trainer), with the base config ``bench/configs/job.toml``
 and per-job overrides on the command line.
 
-Sources, per step (rank 0):
+Sources, per step (rank 0; under pipeline parallelism the first rank of the last stage, which
+torchtitan logs from):
 
 * TensorBoard events, written by torchtitan's own ``MetricsProcessor`` in stock and phased jobs
   alike: ``time_metrics/end_to_end(s)`` and ``memory/max_reserved(GiB)`` (peak RSS on CPU);

@@ -69,7 +69,8 @@ def _targets(results: dict[str, Any]) -> list[str]:
     return _table(["target (median over repeats)", "measured: median [min, max]", ""], rows)
 
 
-def _phase_times(model: dict[str, Any]) -> list[str]:
+def _phase_times(model: dict[str, Any], rss_rank: int = 0) -> list[str]:
+    """Step times per phase; ``rss_rank``: the rank whose logs give the peak RSS."""
     stock = model["stock"]
     rows = [[
         f"stock `{model['stock_model']}` (all trainable)", f"{model['total_params']:,}",
@@ -84,7 +85,7 @@ def _phase_times(model: dict[str, Any]) -> list[str]:
         ])
     header = ["run", "trainable params", "step time s", "ratio to stock", "ideal ratio",
               "measured / ideal", "ratio to the job's last phase", "same / ideal",
-              "peak RSS GiB (rank 0)"]
+              f"peak RSS GiB (rank {rss_rank})"]
     return _table(header, rows)
 
 
@@ -181,6 +182,19 @@ def _run_line(results: dict[str, Any]) -> str:
             f"{machine['load_after']:.2f}; titan_phases {versions['titan_phases']}).")
 
 
+def _pipeline_note(layout: dict[str, Any]) -> str:
+    pipeline = layout["pipeline"]
+    size = pipeline["microbatch_size"]
+    stages = "; ".join(f"stage {k}: {', '.join(f'`{m}`' for m in modules)}"
+                       for k, modules in enumerate(pipeline["stages"]))
+    return (f"Pipeline: schedule {pipeline['schedule']}, {pipeline['microbatches']} microbatches "
+            f"of {size} sample{'s' if size != 1 else ''} per step (the local batch). {stages}. "
+            f"Step times and peak RSS are rank {layout.get('metrics_rank', 0)}'s (torchtitan "
+            "logs from the last stage). Ideal ratio: the phase's 1F1B makespan over stock's, "
+            "from each stage's forward and backward FLOPs (`bench/pipeline_ideal.py`), not the "
+            "whole-model FLOP ratio.")
+
+
 def _layout(name: str, results: dict[str, Any]) -> list[str]:
     """Layout row ``name``'s block. It names its own run, so that a run of layout rows alone
     (``--merge``) can replace it beside figures from another run."""
@@ -192,10 +206,12 @@ def _layout(name: str, results: dict[str, Any]) -> list[str]:
     note = (f"{busy}Arguments on top of the base job: `{' '.join(layout['args'])}`. "
             f"Repeats: {layout['repeats']}; these jobs took {layout['jobs_wall_s'] / 60:.1f} min "
             "of the run, torchrun start to exit.")
+    pipeline = [] if layout.get("pipeline") is None else [_pipeline_note(layout), ""]
     checks = [f"Target: {c['target']}: {c['verdict']}." for c in layout["targets"]]
     begin, end = layout_markers(name)
     return [begin, "", f"### Step time per phase: {title}", "", _run_line(results), "", note, "",
-            *_phase_times(layout), f"### Optimizer state per rank: {layout['title']}", "",
+            *pipeline, *_phase_times(layout, layout.get("metrics_rank", 0)),
+            f"### Optimizer state per rank: {layout['title']}", "",
             *_state_bytes(layout, None), *checks, "", end, ""]
 
 

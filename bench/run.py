@@ -12,16 +12,19 @@ For each model size it runs, on 2 CPU ranks (FSDP2 over gloo), back to back in e
 
 The 6-block ``debugmodel`` is the main subject (row ``main``); 3 and 12 blocks
 (``bench.spec``, row ``scaling``) show scaling with fewer repeats. Row ``fsdp2_tp2`` runs the
-6-block stock and phased jobs on FSDP2 x TP2 (:data:`FSDP2_TP2`). Job order alternates between
-repeats. ``--quick`` runs one short repeat of everything; ``--rows`` runs some rows only. Both
-write their BENCHMARKS.md into the output folder, leaving the repository's alone (for
-development; a quick run's numbers mean little).
+6-block stock and phased jobs on FSDP2 x TP2 (:data:`FSDP2_TP2`), row ``pp2`` on 2 pipeline
+stages (:data:`PP2`, schedule 1F1B; its ideal ratios are 1F1B makespan ratios from
+:mod:`bench.pipeline_ideal`). Job order alternates between repeats. ``--quick`` runs one
+short repeat of everything; ``--rows`` runs some rows only. Both write their BENCHMARKS.md into
+the output folder, leaving the repository's alone (for development; a quick run's numbers mean
+little). ``--merge`` with layout rows replaces only their blocks in the repository's file.
 
 **Limitations**
 Timings are wall-clock on whatever else the machine runs; the report states the load average
 before and after. Only CPU/gloo was measured: GPU step-time ratios will differ. The FSDP2 x TP2
 jobs run 4 ranks on the 2 cores of the machine they were written for: the CPU is
-oversubscribed, in stock and phased jobs alike.
+oversubscribed, in stock and phased jobs alike. The PP2 row's ideal is a model (1F1B makespans
+of FLOP-counted actions, sends free; see :mod:`bench.pipeline_ideal`), not a measurement.
 """
 
 from __future__ import annotations
@@ -50,14 +53,15 @@ RESULTS_FILE = "results.json"  # in the run's output folder, beside the jobs' du
 MARKDOWN = jobs.REPO / "BENCHMARKS.md"
 
 
-ROWS = ("main", "scaling", "fsdp2_tp2")
+ROWS = ("main", "scaling", "fsdp2_tp2", "pp2")
 
 
 @dataclass(frozen=True)
 class Settings:
     repeats: int = 5
     scaling_repeats: int = 2
-    # FSDP2 x TP2 runs 4 ranks on the 2 cores, each step about twice as long: fewer repeats.
+    # Layout rows (FSDP2 x TP2 runs 4 ranks on the 2 cores, each step about twice as long; PP2):
+    # fewer repeats and steps.
     layout_repeats: int = 2
     steps_per_phase: int = 7
     scaling_steps_per_phase: int = 5
@@ -82,10 +86,15 @@ QUICK = Settings(repeats=1, scaling_repeats=1, layout_repeats=1, steps_per_phase
 class ModelSpec:
     """A model size on a layout, the row it belongs to and the arguments of its jobs.
 
+    Its jobs run on :meth:`ranks` ranks: ``dp_shard x tp x pp``.
+
     Attributes:
-        tp: tensor-parallel degree. Its jobs run on ``Settings.nproc * tp`` ranks, FSDP2 over
-            ``Settings.nproc`` of them (the data-parallel degree of the 1-D FSDP rows).
-        args: torchtitan arguments of every job of the model, on top of the base job.
+        dp_shard: FSDP2 degree; None: ``Settings.nproc`` (the data-parallel degree of the 1-D
+            FSDP rows).
+        tp: tensor-parallel degree.
+        pp: pipeline-parallel degree (pipeline stages).
+        args: torchtitan arguments of every job of the model, on top of the base job; they set
+            the degrees above (the runner does not derive them).
     """
 
     depth: int
@@ -94,12 +103,24 @@ class ModelSpec:
     phased_model: str
     row: str
     custom_import: str | None = None
+    dp_shard: int | None = None
     tp: int = 1
+    pp: int = 1
     args: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
-        return f"d{self.depth}" + (f"-tp{self.tp}" if self.tp > 1 else "")
+        return (f"d{self.depth}" + (f"-tp{self.tp}" if self.tp > 1 else "")
+                + (f"-pp{self.pp}" if self.pp > 1 else ""))
+
+    def ranks(self, nproc: int) -> int:
+        """Ranks of its jobs when the 1-D rows run on ``nproc``."""
+        return (nproc if self.dp_shard is None else self.dp_shard) * self.tp * self.pp
+
+    def metrics_rank(self, nproc: int) -> int:
+        """The rank that writes the TensorBoard events the runner reads: torchtitan logs from
+        the first rank of the last pipeline stage (rank 0 without PP)."""
+        return self.ranks(nproc) // self.pp * (self.pp - 1)
 
 
 MAIN = ModelSpec(6, "debugmodel", "llama3", "llama3_phases", "main")
@@ -111,7 +132,14 @@ FSDP2_TP2 = ModelSpec(
     6, "debugmodel", "llama3", "llama3_phases", "fsdp2_tp2", tp=2,
     args=("--parallelism.tensor_parallel_degree", "2"),
 )
-LAYOUT_TITLES = {"fsdp2_tp2": "FSDP2 x TP2"}
+# 2 pipeline stages, no data parallelism; torchtitan's defaults otherwise: schedule 1F1B,
+# microbatches of 1 sample (the local batch gives the number of microbatches).
+PP2 = ModelSpec(
+    6, "debugmodel", "llama3", "llama3_phases", "pp2", dp_shard=1, pp=2,
+    args=("--parallelism.pipeline_parallel_degree", "2",
+          "--parallelism.data_parallel_shard_degree", "1"),
+)
+LAYOUT_TITLES = {"fsdp2_tp2": "FSDP2 x TP2", "pp2": "PP2 (1F1B)"}
 
 
 def model_jobs(model: ModelSpec, steps_per_phase: int, with_all: bool) -> dict[str, jobs.Job]:
@@ -136,7 +164,8 @@ def row_models(settings: Settings) -> list[tuple[ModelSpec, int, int, bool]]:
     rows = [(MAIN, settings.repeats, settings.steps_per_phase, True)]
     rows += [(model, settings.scaling_repeats, settings.scaling_steps_per_phase, False)
              for model in SCALING]
-    rows.append((FSDP2_TP2, settings.layout_repeats, settings.layout_steps_per_phase, False))
+    rows += [(model, settings.layout_repeats, settings.layout_steps_per_phase, False)
+             for model in (FSDP2_TP2, PP2)]
     return [row for row in rows if row[0].row in settings.rows]
 
 
@@ -164,8 +193,8 @@ def _row_text(
 ) -> str:
     spp = steps_per_phase
     what = f"{model.depth} blocks"
-    if model.tp > 1:
-        ranks, cores = nproc * model.tp, os.cpu_count() or 1
+    if model.row in LAYOUT_TITLES:
+        ranks, cores = model.ranks(nproc), os.cpu_count() or 1
         busy = ": oversubscribed" if ranks > cores else ""
         what = (f"{LAYOUT_TITLES[model.row]} ({what}, `{' '.join(model.args)}`, {ranks} ranks "
                 f"on {cores} cores{busy})")
@@ -205,11 +234,13 @@ def _summaries(
             phased=kinds["phased"], all_params=kinds.get("all", ()),
         )
         figures = summary.summarize(runs, settings.skip)
-        if model.tp == 1:
+        if model.row not in LAYOUT_TITLES:
             models[str(model.depth)] = figures
         else:
             layout = {**figures, "title": LAYOUT_TITLES[model.row],
-                      "ranks": settings.nproc * model.tp, "args": list(model.args)}
+                      "ranks": model.ranks(settings.nproc),
+                      "metrics_rank": model.metrics_rank(settings.nproc),
+                      "args": list(model.args)}
             layouts[model.row] = {**layout, "targets": summary.layout_targets(layout)}
     return models, layouts
 
@@ -225,7 +256,7 @@ def run_suite(settings: Settings, out: Path) -> dict[str, Any]:
     wait_left = settings.max_total_wait_s
     for repeat, model, kind, job in plan(settings):
         dump = out / f"r{repeat}-{job.label}"
-        nproc = settings.nproc * model.tp
+        nproc = model.ranks(settings.nproc)
         busy, waited = machine.wait_until_quiet(
             settings.quiet_threshold, min(settings.max_wait_s, wait_left)
         )

@@ -112,6 +112,8 @@ def summarize(runs: ModelRuns, skip: int) -> dict[str, Any]:
             _phase(k, runs.facts, stock, phased, thaw) for k in range(len(runs.facts.phases))
         ],
         "overhead": None,
+        "pipeline": (None if runs.facts.pipeline is None
+                     else dataclasses.asdict(runs.facts.pipeline)),
     }
     if runs.all_params:
         one = [by_phase(o.records, skip)[0] for o in runs.all_params]

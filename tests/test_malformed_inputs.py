@@ -202,8 +202,9 @@ CASES = [
     Case("hf_assets_path-old-tokenizer-file", ("model.hf_assets_path", "tokenizer.model"),
          "job", files=(("tokenizer.model", ""),),
          edits=(job_set("model.hf_assets_path", "tokenizer.model"),)),
-    Case("pipeline-parallelism", ("parallelism.pipeline_parallel_degree",), "job",
-         edits=(job_set("parallelism.pipeline_parallel_degree", 2),)),
+    Case("pipeline-zero-bubble-schedule", ("parallelism.pipeline_parallel_schedule",), "job",
+         edits=(job_set("parallelism.pipeline_parallel_degree", 2),
+                job_set("parallelism.pipeline_parallel_schedule", "ZBVZeroBubble"))),
     # --- command-line flags ------------------------------------------------------------------
     Case("flag-steps-not-an-int", ("--training.steps", "abc"), None,
          args=("--training.steps", "abc")),

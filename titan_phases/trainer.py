@@ -32,11 +32,13 @@ step and stops, so a preempted job restarts where it stopped. A checkpoint save 
 want of space stops training too (:mod:`titan_phases.components.save_failure`), with the
 checkpoints before it intact.
 
+Under pipeline parallelism a transition also makes torch's pipeline schedule infer its stages'
+metadata again (:mod:`titan_phases.components.pipeline`), and validation losses reach every
+rank from the last stage.
+
 **Limitations**
-No pipeline parallelism (schedule validation rejects ``pipeline_parallel_degree > 1``): a
-``torch.distributed.pipelining`` schedule works out at its first step which stage inputs need
-grad and keeps that, so a thaw across a stage boundary fails in backward, and the zero-bubble
-schedules drop the weight grads of a stage whose inputs need none.
+Pipeline parallelism with the zero-bubble schedules is rejected by schedule validation: they drop
+the weight grads of stages whose inputs need no grad.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class PhasedTrainer(Trainer):
         trainable = enter_phase(
             self.model_parts, self.optimizers, self.lr_schedulers, plan,
             compiled=self.job_config.compile.enable,
+            pp_schedule=self.pp_schedule if self.parallel_dims.pp_enabled else None,
         )
         self.job_config.training.max_norm = plan.max_norm
         return trainable
@@ -128,7 +131,9 @@ class PhasedTrainer(Trainer):
 
     def _observe_validation(self) -> None:
         """Feed the validation run after ``self.step`` (if any) to schedulers and controller."""
-        loss = self.validator.take_loss(self.step, self.device)
+        loss = self.validator.take_loss(
+            self.step, self.device, self.parallel_dims.get_optional_mesh("pp")
+        )
         if loss is None:
             return
         if not math.isfinite(loss):

@@ -118,3 +118,19 @@ def test_a_full_run_renders_the_block_merge_replaces(results: dict[str, Any]) ->
     begin, end = layout_markers("fsdp2_tp2")
     text = render(results)
     assert text.count(begin) == 1 and text.index(end) < text.index(END)
+
+
+def test_render_a_pipeline_layout(results: dict[str, Any], layout: dict[str, Any]) -> None:
+    pipeline = {"schedule": "1F1B", "microbatches": 4, "microbatch_size": 1,
+                "stages": [["tok_embeddings", "layers.0"], ["layers.1", "norm", "output"]]}
+    pp = {**layout, "title": "PP2 (1F1B)", "ranks": 2, "metrics_rank": 1, "pipeline": pipeline,
+          "args": ["--parallelism.pipeline_parallel_degree", "2"]}
+    text = render({**results, "layouts": {"pp2": pp}})
+    begin, end = layout_markers("pp2")
+    section = text.split(begin, 1)[1].split(end, 1)[0]
+    assert "PP2 (1F1B), 2 ranks on CPU" in section and "oversubscribed" not in section
+    assert ("Pipeline: schedule 1F1B, 4 microbatches of 1 sample per step (the local batch). "
+            "stage 0: `tok_embeddings`, `layers.0`; stage 1: `layers.1`, `norm`, `output`. "
+            "Step times and peak RSS are rank 1's") in section
+    assert "peak RSS GiB (rank 1)" in section
+    assert "Pipeline:" not in render(results)  # layouts without PP

@@ -1,19 +1,19 @@
-"""The run plan: every repeat's jobs back to back, order alternating, scaling and the FSDP2 x TP2
-row in early repeats; row selection."""
+"""The run plan: every repeat's jobs back to back, order alternating, scaling and the layout rows
+(FSDP2 x TP2, PP2) in early repeats; row selection; each layout's rank count."""
 
 from __future__ import annotations
 
 from bench.jobs import job_args
-from bench.run import plan, Settings
+from bench.run import FSDP2_TP2, MAIN, plan, PP2, Settings
 
 
 def test_plan() -> None:
     order = plan(Settings(repeats=3, scaling_repeats=2, layout_repeats=1))
     labels = [(repeat, job.label) for repeat, _, _, job in order]
-    assert len(labels) == 3 * 3 + 2 * 4 + 1 * 2
+    assert len(labels) == 3 * 3 + 2 * 4 + 1 * 4
     assert labels[:3] == [(0, "stock-d6"), (0, "phased-d6"), (0, "all-d6")]
-    assert [label for repeat, label in labels if repeat == 0][-2:] == [
-        "stock-d6-tp2", "phased-d6-tp2"
+    assert [label for repeat, label in labels if repeat == 0][-4:] == [
+        "stock-d6-tp2", "phased-d6-tp2", "stock-d6-pp2", "phased-d6-pp2"
     ]
     assert [label for repeat, label in labels if repeat == 1][-3:] == [
         "all-d6", "phased-d6", "stock-d6"
@@ -27,7 +27,8 @@ def test_phased_jobs_carry_their_schedule() -> None:
         assert (job.schedule is None) == (kind == "stock")
         per_phase = {"main": settings.steps_per_phase,
                      "scaling": settings.scaling_steps_per_phase,
-                     "fsdp2_tp2": settings.layout_steps_per_phase}[model.row]
+                     "fsdp2_tp2": settings.layout_steps_per_phase,
+                     "pp2": settings.layout_steps_per_phase}[model.row]
         assert job.steps == (3 if kind == "phased" else 2) * per_phase
 
 
@@ -46,3 +47,15 @@ def test_layout_jobs_pass_their_layout_last(tmp_path) -> None:
     assert model.tp == 2
     main_args = job_args(plan(Settings(rows=("main",)))[0][3], tmp_path / "dump", tmp_path)
     assert "--parallelism.tensor_parallel_degree" not in main_args
+
+
+def test_layout_rank_counts() -> None:
+    assert (MAIN.ranks(2), FSDP2_TP2.ranks(2), PP2.ranks(2)) == (2, 4, 2)
+    assert (MAIN.metrics_rank(2), FSDP2_TP2.metrics_rank(2), PP2.metrics_rank(2)) == (0, 0, 1)
+    assert PP2.name == "d6-pp2"
+    (_, model, _, job), = [e for e in plan(Settings(layout_repeats=1, rows=("pp2",)))
+                           if e[2] == "phased"]
+    assert model is PP2 and job.args == (
+        "--parallelism.pipeline_parallel_degree", "2",
+        "--parallelism.data_parallel_shard_degree", "1",
+    )

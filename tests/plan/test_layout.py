@@ -56,3 +56,20 @@ def test_two_dimensional_meshes_hold_each_element_once_per_replica(degrees, repl
         # splits the columns, FSDP the rows.
         assert layouts["layers.0.attention.wq.weight"].local_shapes[0] == (64, 256)
         assert layouts["layers.0.attention.wo.weight"].local_shapes[0] == (128, 128)
+
+
+def test_pipeline_stages_hold_their_own_params_sharded_over_their_slice_of_the_mesh():
+    # PP=2 x FSDP=2 on 4 ranks: torchtitan's 1F1B split of the tiny model's 4 blocks puts the
+    # embedding and blocks 0-1 on pipeline rank 0 (global ranks 0-1), the rest on rank 1 (2-3).
+    job_config = _tiny_job("--parallelism.pipeline_parallel_degree", "2",
+                           "--parallelism.data_parallel_shard_degree", "2")
+    load_and_validate(job_config)
+    layouts = param_layouts(job_config, 4)
+    assert list(layouts) == list(param_layouts(_tiny_job(), 2))  # every param, in model order
+    for name, layout in layouts.items():
+        first_stage = name.startswith(("tok_embeddings.", "layers.0.", "layers.1."))
+        holders = (0, 1) if first_stage else (2, 3)
+        assert [r for r, s in enumerate(layout.local_shapes) if s is not None] == list(holders)
+        rows = [len(c) for c in torch.arange(layout.shape[0]).chunk(2)]
+        assert [layout.local_shapes[r][0] for r in holders] == rows, name
+        assert all(layout.local_bytes(r) == 0 for r in range(4) if r not in holders)

@@ -438,8 +438,35 @@ def test_schedule_error_is_a_value_error():
     assert issubclass(ScheduleError, ValueError)
 
 
-def test_pipeline_parallelism_is_rejected():
+@pytest.mark.parametrize("schedule", ["1F1B", "GPipe", "Interleaved1F1B", "LoopedBFS"])
+def test_pipeline_schedules_that_run_every_stages_weight_grads_are_accepted(schedule: str):
     job = make_job(two_phases())
     job.parallelism.pipeline_parallel_degree = 2
-    problem = find_problem(problems_of(job), None, "parallelism.pipeline_parallel_degree")
-    assert "pipeline" in problem.message
+    job.parallelism.pipeline_parallel_schedule = schedule
+    assert load_and_validate(job).num_phases == 2
+
+
+@pytest.mark.parametrize("schedule", ["InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV"])
+def test_zero_bubble_pipeline_schedules_are_rejected(schedule: str):
+    job = make_job(two_phases())
+    job.parallelism.pipeline_parallel_degree = 2
+    job.parallelism.pipeline_parallel_schedule = schedule
+    problem = find_problem(problems_of(job), None, "parallelism.pipeline_parallel_schedule")
+    assert "weight gradients" in problem.message and "1F1B" in problem.hint
+
+
+def test_validation_under_pipeline_parallelism_needs_the_training_batch_size():
+    job = make_job(two_phases())
+    job.parallelism.pipeline_parallel_degree = 2
+    job.validation.enable = True
+    job.training.local_batch_size, job.validation.local_batch_size = 4, 2
+    problem = find_problem(problems_of(job), None, "validation.local_batch_size")
+    assert "validation.local_batch_size = 4" in problem.hint
+
+
+def test_an_unknown_pipeline_schedule_is_rejected_with_the_valid_names():
+    job = make_job(two_phases())
+    job.parallelism.pipeline_parallel_degree = 2
+    job.parallelism.pipeline_parallel_schedule = "OneFOneB"
+    problem = find_problem(problems_of(job), None, "parallelism.pipeline_parallel_schedule")
+    assert "GPipe" in problem.message

@@ -1,4 +1,5 @@
-"""The reference run of the tiny job, shared by every test that compares against it."""
+"""What the trainer tests share: the reference run of the tiny job, and initial weights for
+runs on other layouts."""
 
 from __future__ import annotations
 
@@ -15,3 +16,26 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, embedded_assets: Pat
     result = run_job(tmp_path_factory.mktemp("reference") / "run")
     assert result.returncode == 0, result.failure()
     return result
+
+
+@pytest.fixture(scope="session")
+def initial_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's initial weights as a DCP checkpoint, for ``checkpoint.initial_load_path``.
+
+    Runs compared across layouts start from it: random initialisation of sharded DTensors on CPU
+    depends on the layout, and each pipeline rank seeds itself; loading does not.
+    """
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    import tests.trainer.tiny_spec  # noqa: F401  (registers llama3_phases_test)
+
+    spec = get_train_spec("llama3_phases_test")
+    torch.manual_seed(0)
+    model = spec.model_cls(spec.model_args["tiny"])
+    with torch.no_grad():
+        model.init_weights()
+    path = tmp_path_factory.mktemp("tiny_initial") / "step-0"
+    dcp.save(model.state_dict(), checkpoint_id=str(path))
+    return path

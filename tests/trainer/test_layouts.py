@@ -23,16 +23,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.trainer.jobs import (
     JobResult,
     measured_state_bytes,
-    model_tensors,
     planned_state_bytes,
     run_job,
     TINY_JOB,
 )
+from tests.trainer.tiny_checks import assert_close_losses, assert_frozen_until_their_phase
 
 pytestmark = pytest.mark.usefixtures("embedded_assets")
 
@@ -47,35 +46,11 @@ TP2 = ("--parallelism.tensor_parallel_degree", "2", "--parallelism.data_parallel
 HSDP_2X2 = ("--parallelism.data_parallel_replicate_degree", "2",
             "--parallelism.data_parallel_shard_degree", "2")
 FSDP_4 = ("--parallelism.data_parallel_shard_degree", "4")
-THAWED_IN = {"output.weight": 0, "norm.weight": 0, "layers.3": 0, "layers.2": 1}
 # Phase -> what backward all-gathers besides the head: the trainable blocks (resharded after
 # forward) and the embedding once it trains, never a frozen block or embedding below them.
 GATHERED = {0: {"layers.3"}, 1: {"layers.2", "layers.3"},
             2: {"layers.0", "layers.1", "layers.2", "layers.3", "tok_embeddings.weight"}}
 HEAD = {"output.weight", "norm.weight"}
-
-
-def _thawed_in(name: str) -> int:
-    """The tiny job's schedule: phase 0 head + block 3, phase 1 block 2, phase 2 the rest."""
-    block = ".".join(name.split(".")[:2])
-    return THAWED_IN.get(name, THAWED_IN.get(block, 2))
-
-
-@pytest.fixture(scope="module")
-def initial_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch.distributed.checkpoint as dcp
-    from torchtitan.protocols.train_spec import get_train_spec
-
-    import tests.trainer.tiny_spec  # noqa: F401  (registers llama3_phases_test)
-
-    spec = get_train_spec("llama3_phases_test")
-    torch.manual_seed(0)
-    model = spec.model_cls(spec.model_args["tiny"])
-    with torch.no_grad():
-        model.init_weights()
-    path = tmp_path_factory.mktemp("tiny_initial") / "step-0"
-    dcp.save(model.state_dict(), checkpoint_id=str(path))
-    return path
 
 
 def _run(initial: Path, dump: Path, *layout: str, nproc: int) -> JobResult:
@@ -112,29 +87,6 @@ def hsdp(initial_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Job
     return _run(initial_weights, tmp_path_factory.mktemp("hsdp") / "run", *HSDP_2X2, nproc=4)
 
 
-def _assert_close_losses(
-    run: JobResult, reference: JobResult, first_step: int = 1, rtol: float = RTOL
-) -> None:
-    """``run`` logged steps ``first_step``..12, each loss within ``rtol`` of the reference's
-    (an uninterrupted run of all 12)."""
-    got, expected = run.losses(), reference.losses()
-    assert sorted(expected) == list(range(1, 13))
-    assert sorted(got) == list(range(first_step, 13))
-    worst = max(abs(got[s] - expected[s]) / abs(expected[s]) for s in got)
-    assert worst <= rtol, f"largest relative loss difference {worst:.2e}"
-
-
-def _assert_frozen_until_their_phase(run: JobResult, initial: Path, scratch: Path) -> None:
-    before = model_tensors(initial, scratch / "initial.pt")
-    # Steps 4 and 8 end phases 0 and 1; step 12 is the last step of phase 2.
-    for phase, step in enumerate((4, 8, 12)):
-        after = model_tensors(run.dump / "checkpoint" / f"step-{step}", scratch / f"{step}.pt")
-        for name, tensor in before.items():
-            assert (not torch.equal(after[name], tensor)) == (_thawed_in(name) <= phase), (
-                name, step,
-            )
-
-
 def _assert_nothing_below_the_trainable_is_gathered(run: JobResult, microbatches: int = 1):
     gathered = run.backward_all_gathers(microbatches)
     phases = {r["phase"] for r in run.records()}
@@ -162,8 +114,8 @@ def test_a_phased_job_on_another_layout_matches_fsdp(
     assert [r["trainable_params"] for r in records] == [
         r["trainable_params"] for r in reference.records()
     ]
-    _assert_close_losses(run, reference)
-    _assert_frozen_until_their_phase(run, initial_weights, tmp_path)
+    assert_close_losses(run, reference, RTOL)
+    assert_frozen_until_their_phase(run, initial_weights, tmp_path)
     # Optimizer state for trainable params only, every rank's bytes as the layout predicts.
     assert measured_state_bytes(records) == planned_state_bytes(
         nproc, "--job.config_file", str(TINY_JOB), *layout
@@ -190,8 +142,8 @@ def test_activation_checkpointing_and_gradient_accumulation_under_phases(
     records = run.records()
     assert [r["phase"] for r in records] == [0] * 4 + [1] * 4 + [2] * 4
     assert [r["lr"] for r in records] == [r["lr"] for r in fsdp.records()]
-    _assert_close_losses(run, fsdp)
-    _assert_frozen_until_their_phase(run, initial_weights, tmp_path)
+    assert_close_losses(run, fsdp, RTOL)
+    assert_frozen_until_their_phase(run, initial_weights, tmp_path)
     assert measured_state_bytes(records) == planned_state_bytes(
         2, "--job.config_file", str(TINY_JOB), *options
     )
@@ -220,7 +172,7 @@ def test_a_phase1_checkpoint_resumes_on_another_layout(
     assert [r["step"] for r in records] == list(range(7, 13))
     assert [r["phase"] for r in records] == [1, 1, 2, 2, 2, 2]
     assert all(r["lr"] == expected[r["step"]]["lr"] for r in records)
-    _assert_close_losses(resumed, uninterrupted, first_step=7)
+    assert_close_losses(resumed, uninterrupted, RTOL, first_step=7)
     planned = planned_state_bytes(nproc, "--job.config_file", str(TINY_JOB), *target)
     assert measured_state_bytes(records) == {1: planned[1], 2: planned[2]}
     _assert_nothing_below_the_trainable_is_gathered(resumed)
@@ -237,8 +189,8 @@ def test_bf16_mixed_precision_on_fsdp2_tp2_goes_through_every_transition(
     records = run.records()
     assert [r["phase"] for r in records] == [0] * 4 + [1] * 4 + [2] * 4
     assert [r["lr"] for r in records] == [r["lr"] for r in fsdp2_tp2.records()]
-    _assert_close_losses(run, fsdp2_tp2, rtol=BF16_RTOL)
-    _assert_frozen_until_their_phase(run, initial_weights, tmp_path)
+    assert_close_losses(run, fsdp2_tp2, BF16_RTOL)
+    assert_frozen_until_their_phase(run, initial_weights, tmp_path)
     assert measured_state_bytes(records) == planned_state_bytes(
         4, "--job.config_file", str(TINY_JOB), *FSDP2_TP2, *bf16
     )

@@ -129,6 +129,15 @@ def trainable_parameter_count(model_parts: list[torch.nn.Module]) -> int:
     return sum(p.numel() for m in model_parts for p in m.parameters() if p.requires_grad)
 
 
+def _device() -> torch.device:
+    # Collectives run on the accelerator's backend when there is one (NCCL takes no CPU tensor).
+    return (
+        torch.accelerator.current_accelerator()
+        if torch.accelerator.is_available()
+        else torch.device("cpu")
+    )
+
+
 class PhaseMetricsProcessor(MetricsProcessor):
     """torchtitan's MetricsProcessor plus per-group lrs, trainable params and metrics.jsonl."""
 
@@ -168,15 +177,20 @@ class PhaseMetricsProcessor(MetricsProcessor):
         first = next(iter(self._hooked_optimizers))
         self._step_lrs = [float(group["lr"]) for group in first.param_groups]
 
+    def _trainable_params(self) -> int:
+        count = torch.tensor(
+            [trainable_parameter_count(self.model_parts)], dtype=torch.int64, device=_device()
+        )
+        pp_mesh = self.parallel_dims.get_optional_mesh("pp")
+        if pp_mesh is not None:
+            # Each pipeline rank holds the params of its own stages only.
+            torch.distributed.all_reduce(count, group=pp_mesh.get_group())
+        return int(count.item())
+
     def _state_bytes_per_rank(self) -> dict[str, int]:
         # Every rank calls log() (torchtitan reduces the loss there), so this gather is safe.
-        device = (
-            torch.accelerator.current_accelerator()
-            if torch.accelerator.is_available()
-            else torch.device("cpu")
-        )
         local = torch.tensor(
-            [optimizer_state_bytes(self.optimizers)], dtype=torch.int64, device=device
+            [optimizer_state_bytes(self.optimizers)], dtype=torch.int64, device=_device()
         )
         gathered = [torch.zeros_like(local) for _ in range(torch.distributed.get_world_size())]
         torch.distributed.all_gather(gathered, local)
@@ -223,7 +237,7 @@ class PhaseMetricsProcessor(MetricsProcessor):
         self._last_logged_step = step
         metrics.update({f"{_LR_PREFIX}{i}": lr for i, lr in enumerate(self._step_lrs)})
         if self._phase_metrics is None and self.model_parts is not None:
-            self._phase_metrics = {"trainable_params": trainable_parameter_count(self.model_parts)}
+            self._phase_metrics = {"trainable_params": self._trainable_params()}
             if self.optimizers is not None:
                 self._phase_metrics.update(self._state_bytes_per_rank())
         metrics.update(self._phase_metrics or {})

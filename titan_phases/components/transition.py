@@ -9,11 +9,14 @@ checkpoint is loaded::
     lr_schedulers.add_phase(...)                    # the new group's lr at the current step
     limit_backward_all_gathers(model_parts)         # frozen blocks stay sharded in backward
     torch.compiler.reset()                          # with [compile] on
+    reinfer_stage_metadata(pp_schedule)             # under pipeline parallelism
 
 Everything comes from one :class:`~titan_phases.schedule.PhasePlan`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -21,6 +24,7 @@ import torch.nn as nn
 from titan_phases.components.lr_scheduler import PhasedLRSchedulersContainer
 from titan_phases.components.optimizer import PhasedOptimizersContainer
 from titan_phases.components.phase_controller import Transition
+from titan_phases.components.pipeline import reinfer_stage_metadata
 from titan_phases.components.thaw import (
     limit_backward_all_gathers,
     params_per_part,
@@ -39,11 +43,14 @@ def enter_phase(
     lr_schedulers: PhasedLRSchedulersContainer,
     plan: PhasePlan,
     compiled: bool = False,
+    pp_schedule: Any = None,
 ) -> ThawCount:
     """Thaw ``plan``'s params and extend the optimizers and LR schedulers to its phase.
 
     ``compiled``: the model runs under ``torch.compile``, whose graphs may have specialised on
     ``requires_grad`` (pytorch issue 139476); they are dropped so the next step recompiles.
+    ``pp_schedule``: the job's pipeline schedule under pipeline parallelism, which then infers
+    which stage outputs need grad again at its next step.
     Returns what is trainable now.
     """
     trainable = set_trainable(model_parts, plan.trainable)
@@ -68,6 +75,8 @@ def enter_phase(
     limit_backward_all_gathers(model_parts)
     if compiled:
         torch.compiler.reset()
+    if pp_schedule is not None:
+        reinfer_stage_metadata(pp_schedule)
     return trainable
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.device_mesh import DeviceMesh
 from torchtitan.components.validate import BaseValidator
 
 
@@ -72,16 +73,22 @@ class RepeatableValidator(BaseValidator):
         self.inner.validation_dataloader.load_state_dict(copy.deepcopy(self._start))
         self.inner.validate(model_parts, step)
 
-    def take_loss(self, step: int, device: torch.device) -> float | None:
+    def take_loss(
+        self, step: int, device: torch.device, pp_mesh: DeviceMesh | None = None
+    ) -> float | None:
         """The loss of the validation run after ``step``, once; None if none ran then.
 
         Rank 0's value on every rank (broadcast), so decisions taken on it agree everywhere.
-        Call on every rank.
+        Under pipeline parallelism (``pp_mesh``) only the last stage computes the loss, and the
+        other stages record torchtitan's placeholder: the last stage's value is broadcast along
+        ``pp_mesh`` first. Call on every rank.
         """
         recorded, self._loss = self._loss, None
         if recorded is None or recorded[0] != step:
             return None
         value = torch.tensor([recorded[1]], dtype=torch.float64, device=device)
+        if pp_mesh is not None:
+            dist.broadcast(value, group=pp_mesh.get_group(), group_src=pp_mesh.size() - 1)
         if dist.is_initialized():
             dist.broadcast(value, src=0)
         return value.item()

@@ -26,7 +26,6 @@ tensors it creates are counted (as metrics.jsonl counts a running job's state).
 - The optimizer step on meta tensors is run with ``foreach``/``fused`` off (the state is the
   same for torch's optimizers). An optimizer that cannot step on the meta device (one that
   reads tensor values, like ``torch.optim.Adafactor``) has its state reported as unknown.
-- Pipeline parallelism is not planned (see :mod:`titan_phases.plan.layout`).
 """
 
 from __future__ import annotations
@@ -162,14 +161,16 @@ def _memory(
     optimizer: tuple[type[Optimizer], dict[str, Any]],
     world_size: int,
 ) -> tuple[RankMemory, ...]:
-    shards = [(layouts[n].local_shapes[r], layouts[n].dtype) for n in trainable
-              for r in range(world_size)]
+    held = [[n for n in trainable if layouts[n].local_shapes[r] is not None]
+            for r in range(world_size)]
+    shards = [(layouts[n].local_shapes[r], layouts[n].dtype) for r in range(world_size)
+              for n in held[r]]
     per_shard = state_bytes(*optimizer, shards)
     memory = []
     for rank in range(world_size):
         grads = sum(layouts[n].local_bytes(rank) for n in trainable)
         state = None if per_shard is None else sum(
-            per_shard[(layouts[n].local_shapes[rank], layouts[n].dtype)] for n in trainable
+            per_shard[(layouts[n].local_shapes[rank], layouts[n].dtype)] for n in held[rank]
         )
         memory.append(RankMemory(
             params=sum(layout.local_bytes(rank) for layout in layouts.values()),
@@ -242,8 +243,9 @@ def build_plan(
     mesh = {
         name: degree
         for name, degree in (
-            ("dp_replicate", parallel_dims.dp_replicate), ("dp_shard", parallel_dims.dp_shard),
-            ("cp", parallel_dims.cp), ("tp", parallel_dims.tp), ("ep", parallel_dims.ep),
+            ("pp", parallel_dims.pp), ("dp_replicate", parallel_dims.dp_replicate),
+            ("dp_shard", parallel_dims.dp_shard), ("cp", parallel_dims.cp),
+            ("tp", parallel_dims.tp), ("ep", parallel_dims.ep),
         )
         if degree > 1
     }

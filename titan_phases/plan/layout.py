@@ -9,8 +9,10 @@ and no accelerator is touched, so a job planned for 8 GPUs can be laid out on a 
 torchtitan's own dry-run idea (``--comm.mode fake_backend``), done for every rank at once.
 
 **Limitations**
-- Pipeline parallelism is refused: torchtitan splits the model into stages per rank in its
-  ``pipelining_fn``, so one process cannot see every stage.
+- Pipeline parallelism: torchtitan's ``pipelining_fn`` builds only the stages of the calling
+  rank, so the model is built and split once per pipeline rank, each time in a fake world as a
+  rank of that pipeline rank's slice of the mesh (``pp`` is the outermost mesh dimension in
+  torchtitan, so pipeline rank ``k`` holds global ranks ``k * world_size / pp`` onwards).
 - Model converters (float8, MX) are not applied; they keep parameter names and shapes.
 - Runs only where no process group exists (it creates and destroys the default group).
 - Private APIs: ``torch.distributed.tensor._utils._compute_local_shape_and_global_offset``
@@ -26,10 +28,12 @@ import contextlib
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from unittest import mock
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
 from torchtitan.config import JobConfig, TORCH_DTYPE_MAP
@@ -53,10 +57,13 @@ class ParamLayout:
 
     shape: tuple[int, ...]
     dtype: torch.dtype
-    local_shapes: tuple[tuple[int, ...], ...]
-    """One local (shard) shape per global rank, rank 0 first."""
+    local_shapes: tuple[tuple[int, ...] | None, ...]
+    """One local (shard) shape per global rank, rank 0 first; None where the rank does not
+    hold the parameter at all (it lives on another pipeline stage)."""
 
     def local_bytes(self, rank: int) -> int:
+        if self.local_shapes[rank] is None:
+            return 0
         numel = 1
         for size in self.local_shapes[rank]:
             numel *= size
@@ -85,10 +92,10 @@ def parallel_dims_for(job_config: JobConfig, world_size: int) -> ParallelDims:
 
 
 @contextlib.contextmanager
-def _fake_world(world_size: int) -> Iterator[None]:
+def _fake_world(world_size: int, rank: int = 0) -> Iterator[None]:
     if dist.is_initialized():
         raise RuntimeError("a process group already exists; lay out the mesh before creating one")
-    dist.init_process_group("fake", rank=0, world_size=world_size)
+    dist.init_process_group("fake", rank=rank, world_size=world_size)
     try:
         with mock.patch.object(tt_parallel_dims, "device_type", "cpu"):
             yield
@@ -96,27 +103,39 @@ def _fake_world(world_size: int) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def _rank_coordinates(mesh: torch.distributed.DeviceMesh, world_size: int) -> list[list[int]]:
-    coordinates: list[list[int]] = [[] for _ in range(world_size)]
+def _rank_coordinates(
+    mesh: torch.distributed.DeviceMesh, world_size: int
+) -> list[list[int] | None]:
+    coordinates: list[list[int] | None] = [None] * world_size
     for coordinate in torch.nonzero(mesh.mesh >= 0).tolist():
         coordinates[int(mesh.mesh[tuple(coordinate)])] = coordinate
     return coordinates
 
 
-def _layout(param: torch.Tensor, world_size: int) -> ParamLayout:
+def _layout(param: torch.Tensor, holders: range, world_size: int) -> ParamLayout:
+    """``param``'s layout; ``holders``: the global ranks whose stages hold it."""
     shape = tuple(param.shape)
     if not isinstance(param, DTensor):
-        return ParamLayout(shape, param.dtype, (shape,) * world_size)
-    coordinates = _rank_coordinates(param.device_mesh, world_size)
+        return ParamLayout(shape, param.dtype, tuple(
+            shape if rank in holders else None for rank in range(world_size)
+        ))
     local_shapes = tuple(
-        tuple(
+        None if coordinate is None else tuple(
             _compute_local_shape_and_global_offset(
                 shape, param.device_mesh.shape, coordinate, param.placements
             )[0]
         )
-        for coordinate in coordinates
+        for coordinate in _rank_coordinates(param.device_mesh, world_size)
     )
     return ParamLayout(shape, param.dtype, local_shapes)
+
+
+def _meta_model(job_config: JobConfig, train_spec: Any, model_args: Any) -> nn.Module:
+    with (
+        torch.device("meta"),
+        tt_utils.set_default_dtype(TORCH_DTYPE_MAP[job_config.training.dtype]),
+    ):
+        return train_spec.model_cls(model_args)
 
 
 def param_layouts(job_config: JobConfig, world_size: int) -> dict[str, ParamLayout]:
@@ -124,31 +143,40 @@ def param_layouts(job_config: JobConfig, world_size: int) -> dict[str, ParamLayo
 
     In ``named_parameters()`` order. The model is built as torchtitan's Trainer builds it
     (TrainSpec ``model_cls``, ``model_args[flavor]`` updated from the job config, default dtype
-    ``training.dtype``) and then
-    parallelised by the spec's ``parallelize_fn``.
+    ``training.dtype``) and then parallelised by the spec's ``parallelize_fn``, or split into
+    stages and parallelised by its ``pipelining_fn`` under pipeline parallelism.
 
     Raises:
-        MeshError: the parallelism degrees do not fit ``world_size``, or the job uses
-            pipeline parallelism.
+        MeshError: the parallelism degrees do not fit ``world_size``.
     """
     parallel_dims = parallel_dims_for(job_config, world_size)
-    if parallel_dims.pp_enabled:
-        raise MeshError(
-            "pipeline parallelism cannot be laid out in one process (torchtitan splits the "
-            "model into per-rank stages); plan the job with pipeline_parallel_degree = 1"
-        )
     train_spec = get_train_spec(job_config.model.name)
     model_args = copy.deepcopy(train_spec.model_args[job_config.model.flavor])
     model_args.update_from_config(job_config)
-    with _fake_world(world_size):
-        parallel_dims.build_mesh()
-        with (
-            torch.device("meta"),
-            tt_utils.set_default_dtype(TORCH_DTYPE_MAP[job_config.training.dtype]),
-        ):
-            model = train_spec.model_cls(model_args)
-        model = train_spec.parallelize_fn(model, parallel_dims, job_config)
-        return {
-            canonical_param_name(name): _layout(param, world_size)
-            for name, param in model.named_parameters()
-        }
+    if not parallel_dims.pp_enabled:
+        with _fake_world(world_size):
+            parallel_dims.build_mesh()
+            model = train_spec.parallelize_fn(
+                _meta_model(job_config, train_spec, model_args), parallel_dims, job_config
+            )
+            return {
+                canonical_param_name(name): _layout(param, range(world_size), world_size)
+                for name, param in model.named_parameters()
+            }
+    stage_ranks = world_size // parallel_dims.pp
+    layouts: dict[str, ParamLayout] = {}
+    for pp_rank in range(parallel_dims.pp):
+        holders = range(pp_rank * stage_ranks, (pp_rank + 1) * stage_ranks)
+        with _fake_world(world_size, rank=holders[0]):
+            parallel_dims = parallel_dims_for(job_config, world_size)
+            parallel_dims.build_mesh()
+            loss_fn = train_spec.build_loss_fn(job_config, parallel_dims=parallel_dims)
+            _, model_parts, _, _ = train_spec.pipelining_fn(
+                _meta_model(job_config, train_spec, model_args), parallel_dims, job_config,
+                torch.device("cpu"), model_args, train_spec.parallelize_fn, loss_fn,
+            )
+            for part in model_parts:
+                for name, param in part.named_parameters():
+                    layouts[canonical_param_name(name)] = _layout(param, holders, world_size)
+    order = _meta_model(job_config, train_spec, model_args).named_parameters()
+    return {name: layouts[name] for name in (canonical_param_name(n) for n, _ in order)}

@@ -13,6 +13,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from torch.distributed.pipelining.schedules import get_schedule_class
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torchtitan.config import JobConfig
@@ -31,6 +32,37 @@ _DUMMY_LR = 1.0e-3
 def _type_ok(value: Any, hint: Any) -> bool:
     # A NaN or infinite [phases] number is never meant.
     return fits(value, hint) and (hint is not float or math.isfinite(value))
+
+
+# Zero-bubble schedules split a stage's backward into an input-grad and a weight-grad part, and
+# run the weight part only from the input part's autograd graph: a stage whose inputs need no
+# grad (every stage below the lowest trainable one, or the first stage) never gets its weight
+# grads, so its trainable params would silently stop training.
+_ZERO_BUBBLE_SCHEDULES = ("InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV")
+
+
+def _check_pipeline(job_config: JobConfig, source: str, problems: Problems) -> None:
+    validation, training = job_config.validation, job_config.training
+    if validation.enable and validation.local_batch_size != training.local_batch_size:
+        # torchtitan validates through the training schedule, whose number of microbatches is
+        # fixed from training.local_batch_size.
+        problems.error(source, None, "validation.local_batch_size",
+                       f"under pipeline parallelism validation runs through the training "
+                       f"schedule and needs the training batch size, got "
+                       f"{validation.local_batch_size} for {training.local_batch_size}",
+                       f"set validation.local_batch_size = {training.local_batch_size}")
+    key = "parallelism.pipeline_parallel_schedule"
+    name = job_config.parallelism.pipeline_parallel_schedule
+    if name in _ZERO_BUBBLE_SCHEDULES:
+        problems.error(source, None, key,
+                       f"{name!r} drops the weight gradients of stages whose inputs need no "
+                       f"gradient, which frozen stages below a trainable one always are",
+                       "use 1F1B, GPipe, Interleaved1F1B or LoopedBFS")
+        return
+    try:
+        get_schedule_class(name)
+    except ValueError as e:
+        problems.error(source, None, key, str(e), "use one of the names listed")
 
 
 class Settings(NamedTuple):
@@ -80,12 +112,7 @@ def check_settings(
                        f"must be >= 1, got {job_config.training.steps}")
 
     if job_config.parallelism.pipeline_parallel_degree > 1:
-        # A pipeline schedule works out at its first step which stage inputs need grad and keeps
-        # that: a later thaw across a stage boundary fails in backward.
-        problems.error(source, None, "parallelism.pipeline_parallel_degree",
-                       f"phases do not support pipeline parallelism, got "
-                       f"{job_config.parallelism.pipeline_parallel_degree}",
-                       "use data/tensor parallelism (FSDP2, TP), or train without phases")
+        _check_pipeline(job_config, source, problems)
 
     if cfg.transition_mode in ("plateau", "both") and not job_config.validation.enable:
         problems.error(

@@ -1,0 +1,88 @@
+"""reinfer_stage_metadata: a thaw across a stage boundary trains the thawed stage, on real gloo
+ranks with torch's own schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tests.dist import run_ranks
+from titan_phases.components.pipeline import reinfer_stage_metadata
+
+
+def _loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((output - target) ** 2).sum()
+
+
+def _layers() -> tuple[list[nn.Linear], torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    return [nn.Linear(4, 4) for _ in range(2)], torch.randn(2, 4), torch.randn(2, 4)
+
+
+def _thaw_stage0(rank: int, world_size: int, reinfer: bool) -> torch.Tensor | str:
+    """Two stages, one per rank (1F1B, 2 microbatches): a step with stage 0 frozen, then one
+    after thawing it. Returns this rank's weight grad of the second step, or its error."""
+    from torch.distributed.pipelining import PipelineStage
+    from torch.distributed.pipelining.schedules import Schedule1F1B
+
+    layers, inputs, target = _layers()
+    schedule = Schedule1F1B(
+        PipelineStage(layers[rank], rank, 2, torch.device("cpu")), n_microbatches=2,
+        loss_fn=_loss, scale_grads=False,  # as torchtitan builds its schedules
+    )
+
+    def step() -> None:
+        layers[rank].zero_grad()
+        if rank == 0:
+            schedule.step(inputs)
+        else:
+            schedule.step(target=target)
+
+    layers[0].requires_grad_(False)
+    step()
+    layers[0].requires_grad_(True)
+    if reinfer:
+        reinfer_stage_metadata(schedule)
+    try:
+        step()
+    except RuntimeError as e:
+        return str(e)
+    return layers[rank].weight.grad.clone()
+
+
+def test_a_thawed_stage_gets_the_grads_of_the_unsplit_model():
+    layers, inputs, target = _layers()
+    _loss(layers[1](layers[0](inputs)), target).backward()
+    grads = run_ranks(_thaw_stage0, 2, True)
+    for got, layer in zip(grads, layers):
+        torch.testing.assert_close(got, layer.weight.grad)
+
+
+def test_without_it_the_thawed_stage_fails_in_backward():
+    # The schedule inferred at its first step that stage 0's outputs need no grad, so stage 1
+    # sends none back.
+    errors = run_ranks(_thaw_stage0, 2, False)
+    assert "Failed to run stage backward" in errors[0] and "Output gradient: ('None',)" in errors[0]
+
+
+def _multi_stage_flags(rank: int, world_size: int) -> tuple[bool, bool]:
+    from torch.distributed.pipelining import PipelineStage
+    from torch.distributed.pipelining.schedules import ScheduleLoopedBFS
+
+    layers, inputs, target = _layers()
+    stages = [PipelineStage(layer, i, 2, torch.device("cpu")) for i, layer in enumerate(layers)]
+    schedule = ScheduleLoopedBFS(stages, n_microbatches=2, loss_fn=_loss)
+    schedule.step(inputs, target=target)
+    assert schedule._stages_forward_initialized and schedule._stages_backward_initialized
+    reinfer_stage_metadata(schedule)
+    return schedule._stages_forward_initialized, schedule._stages_backward_initialized
+
+
+def test_multi_stage_schedules_infer_again_too():
+    assert run_ranks(_multi_stage_flags, 1) == [(False, False)]
+
+
+def test_a_schedule_without_known_flags_is_refused():
+    with pytest.raises(RuntimeError, match="private API"):
+        reinfer_stage_metadata(object())
