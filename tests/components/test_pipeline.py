@@ -1,7 +1,10 @@
 """reinfer_stage_metadata: a thaw across a stage boundary trains the thawed stage, on real gloo
-ranks with torch's own schedules."""
+ranks with torch's own schedules; a frozen stage below the trainable ones runs no backward."""
 
 from __future__ import annotations
+
+from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -20,9 +23,11 @@ def _layers() -> tuple[list[nn.Linear], torch.Tensor, torch.Tensor]:
     return [nn.Linear(4, 4) for _ in range(2)], torch.randn(2, 4), torch.randn(2, 4)
 
 
-def _thaw_stage0(rank: int, world_size: int, reinfer: bool) -> torch.Tensor | str:
+def _thaw_stage0(rank: int, world_size: int, reinfer: bool
+                 ) -> tuple[list[int], torch.Tensor | str]:
     """Two stages, one per rank (1F1B, 2 microbatches): a step with stage 0 frozen, then one
-    after thawing it. Returns this rank's weight grad of the second step, or its error."""
+    after thawing it. Returns how many tensors each backward of the first step started from on
+    this rank, and this rank's weight grad of the second step, or its error."""
     from torch.distributed.pipelining import PipelineStage
     from torch.distributed.pipelining.schedules import Schedule1F1B
 
@@ -39,31 +44,42 @@ def _thaw_stage0(rank: int, world_size: int, reinfer: bool) -> torch.Tensor | st
         else:
             schedule.step(target=target)
 
+    started_from: list[int] = []
+    backward = torch.autograd.backward
+
+    def recording_backward(tensors: Any, *args: Any, **kwargs: Any) -> None:
+        started_from.append(len(tensors) if isinstance(tensors, (list, tuple)) else 1)
+        backward(tensors, *args, **kwargs)
+
     layers[0].requires_grad_(False)
-    step()
+    with mock.patch.object(torch.autograd, "backward", recording_backward):
+        step()
     layers[0].requires_grad_(True)
     if reinfer:
         reinfer_stage_metadata(schedule)
     try:
         step()
     except RuntimeError as e:
-        return str(e)
-    return layers[rank].weight.grad.clone()
+        return started_from, str(e)
+    return started_from, layers[rank].weight.grad.clone()
 
 
 def test_a_thawed_stage_gets_the_grads_of_the_unsplit_model():
     layers, inputs, target = _layers()
     _loss(layers[1](layers[0](inputs)), target).backward()
-    grads = run_ranks(_thaw_stage0, 2, True)
+    (frozen_stage, trained_stage), grads = zip(*run_ranks(_thaw_stage0, 2, True))
     for got, layer in zip(grads, layers):
         torch.testing.assert_close(got, layer.weight.grad)
+    # While stage 0 was frozen its outputs needed no grad: the schedule's backward of it had
+    # nothing to start from, so no autograd work ran on its rank.
+    assert not any(frozen_stage) and trained_stage == [1, 1]
 
 
 def test_without_it_the_thawed_stage_fails_in_backward():
     # The schedule inferred at its first step that stage 0's outputs need no grad, so stage 1
     # sends none back.
-    errors = run_ranks(_thaw_stage0, 2, False)
-    assert "Failed to run stage backward" in errors[0] and "Output gradient: ('None',)" in errors[0]
+    error = run_ranks(_thaw_stage0, 2, False)[0][1]
+    assert "Failed to run stage backward" in error and "Output gradient: ('None',)" in error
 
 
 def _multi_stage_flags(rank: int, world_size: int) -> tuple[bool, bool]:
