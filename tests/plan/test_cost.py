@@ -147,3 +147,22 @@ def test_the_readme_shows_what_plan_prints_for_the_8b_config(capsys):
     shown = re.search(r"```\n(.*?)```", section, re.S).group(1)
     assert main(["plan", "--world-size", "8", "--job.config_file", LLAMA3_8B]) == 0
     assert capsys.readouterr().out.startswith(shown)
+
+
+def test_pipeline_stages_without_a_trainable_param_plan_no_grads_or_state(capsys):
+    # The default job's first phases train the top blocks and head only: pipeline rank 0
+    # (embedding and blocks 0-2) holds none of them. Real runs measure these bytes in
+    # tests/trainer/test_pipeline.py.
+    argv = ("--world-size", "2", "--job.config_file", DEFAULT_JOB,
+            "--parallelism.pipeline_parallel_degree", "2",
+            "--parallelism.data_parallel_shard_degree", "1")
+    phases = plan_json(capsys, *argv)["phases"]
+    first_stage, last_stage = zip(*(phase["memory"] for phase in phases))
+    assert [m["grads"] for m in first_stage[:2]] == [0, 0]
+    assert [m["optimizer_state"] for m in first_stage[:2]] == [0, 0]
+    assert all(m["optimizer_state"] > 0 for m in (*last_stage, first_stage[2]))
+    # Every rank holds its own stage's params, together the whole model once.
+    params = [m["params"] for m in phases[0]["memory"]]
+    assert all(p > 0 for p in params) and sum(params) == 6_163_712 * 4
+    main(["plan", *argv])
+    assert "Under pipeline parallelism a step lasts" in capsys.readouterr().out

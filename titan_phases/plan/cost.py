@@ -344,4 +344,9 @@ def render_plan(plan: Plan) -> str:
         "FLOPs/step vs full: the FLOP model (forward everywhere, backward from the lowest",
         "trainable layer up); <= marks a phase a plateau may end sooner.",
     ]
+    if "pp" in plan.mesh:
+        lines += [
+            "Under pipeline parallelism a step lasts as long as its stages' pipelined work,",
+            "bubbles included: frozen stages save less than these FLOPs (BENCHMARKS.md, PP2).",
+        ]
     return "\n".join(lines)
