@@ -102,3 +102,35 @@ def test_multi_stage_schedules_infer_again_too():
 def test_a_schedule_without_known_flags_is_refused():
     with pytest.raises(RuntimeError, match="private API"):
         reinfer_stage_metadata(object())
+
+
+def _lowest_trainable_grads(rank: int, world_size: int, schedule_name: str) -> list[bool]:
+    """Four stages, two per rank, stages 0-1 frozen: whether stages 2 and 3 got weight grads."""
+    from torch.distributed.pipelining import PipelineStage
+    from torch.distributed.pipelining.schedules import get_schedule_class
+
+    torch.manual_seed(0)
+    layers = [nn.Linear(4, 4) for _ in range(4)]
+    inputs, target = torch.randn(4, 4), torch.randn(4, 4)
+    for layer in layers[:2]:
+        layer.requires_grad_(False)
+    mine = (rank, rank + 2)
+    stages = [PipelineStage(layers[i], i, 4, torch.device("cpu")) for i in mine]
+    schedule = get_schedule_class(schedule_name)(
+        stages, n_microbatches=4, loss_fn=_loss, scale_grads=False
+    )
+    if rank == 0:
+        schedule.step(inputs)
+    else:
+        schedule.step(target=target)
+    return [layers[i].weight.grad is not None for i in mine if i >= 2]
+
+
+@pytest.mark.parametrize("schedule, trained", [
+    ("Interleaved1F1B", [[True], [True]]),
+    # Why schedule validation refuses zero-bubble schedules: stage 2 (on rank 0), the lowest
+    # trainable one, silently gets no weight grad.
+    ("InterleavedZeroBubble", [[False], [True]]),
+])
+def test_which_schedules_train_the_lowest_trainable_stage(schedule: str, trained: list):
+    assert run_ranks(_lowest_trainable_grads, 2, schedule) == trained

@@ -34,10 +34,10 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return fits(value, hint) and (hint is not float or math.isfinite(value))
 
 
-# Zero-bubble schedules split a stage's backward into an input-grad and a weight-grad part, and
-# run the weight part only from the input part's autograd graph: a stage whose inputs need no
-# grad (every stage below the lowest trainable one, or the first stage) never gets its weight
-# grads, so its trainable params would silently stop training.
+# Zero-bubble schedules split a stage's backward into an input-grad and a weight-grad part; a
+# stage after the first whose inputs need no grad (the lowest trainable stage, with frozen ones
+# below it) never gets its weight grads, so its params would silently not train
+# (tests/components/test_pipeline.py shows it on torch's schedules).
 _ZERO_BUBBLE_SCHEDULES = ("InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV")
 
 
@@ -55,8 +55,9 @@ def _check_pipeline(job_config: JobConfig, source: str, problems: Problems) -> N
     name = job_config.parallelism.pipeline_parallel_schedule
     if name in _ZERO_BUBBLE_SCHEDULES:
         problems.error(source, None, key,
-                       f"{name!r} drops the weight gradients of stages whose inputs need no "
-                       f"gradient, which frozen stages below a trainable one always are",
+                       f"{name!r} drops the weight gradients of a trainable stage whose "
+                       f"inputs need no gradient, as the lowest trainable stage's do when the "
+                       f"stages below it are frozen",
                        "use 1F1B, GPipe, Interleaved1F1B or LoopedBFS")
         return
     try:
