@@ -343,3 +343,31 @@ def test_verify_checkpoint_names_params_optimized_on_one_side_only(tmp_path):
     dcp.save({"model": parts[0].state_dict()}, checkpoint_id=tmp_path / "model_only")
     with pytest.raises(ValueError, match="no titan_phases optimizer metadata"):
         read_checkpoint_phase(tmp_path / "model_only")
+
+
+def test_a_switch_of_optimizer_class_rebuilds_every_pipeline_parts_optimizer_over_its_own_params(
+    tmp_path,
+):
+    # The first part holds nothing trainable in phase 0; phase 1 thaws block 1 in it and
+    # switches to SGD: each part's optimizer is rebuilt, over that part's params only.
+    parts, optimizers, _ = _two_part_stack()
+    _step(parts, optimizers, 0)
+    optimizers.add_phase(1, _thaw(parts, PHASES[1]), lr=0.05,
+                         optimizer=("SGD", {"lr": 0.1, "momentum": 0.9}))
+    _step(parts, optimizers, 1)
+    for part, optimizer in zip(parts, optimizers.optimizers):
+        assert type(optimizer) is torch.optim.SGD
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        assert held == {id(p) for p in part.parameters() if p.requires_grad}
+    assert [len(g["params"]) for g in optimizers.optimizers[0].param_groups] == [0, 4]
+    dcp.save({"optimizer": optimizers}, checkpoint_id=tmp_path)
+
+    fresh_parts, fresh, _ = _two_part_stack()
+    fresh.add_phase(1, _thaw(fresh_parts, PHASES[1]), lr=0.05,
+                    optimizer=("SGD", {"lr": 0.1, "momentum": 0.9}))
+    dcp.load({"optimizer": fresh}, checkpoint_id=tmp_path)
+    assert _groups(fresh) == _groups(optimizers)
+    for saved, loaded in zip(optimizers.optimizers, fresh.optimizers):
+        assert [s["momentum_buffer"].shape for s in saved.state.values()] == [
+            s["momentum_buffer"].shape for s in loaded.state.values()
+        ]
