@@ -3,17 +3,17 @@ against the same job on one rank (the same data-parallel degree, so the same bat
 and restart at both transition steps, and a phase-1 PP=2 checkpoint resumed on FSDP 2 and on
 PP=2 x FSDP=2 (4 ranks).
 
-With 1F1B the 4 blocks split into stage 0 (embedding, blocks 0-1) and stage 1 (blocks 2-3,
-norm, head): stage 0 has no trainable param in phases 0 and 1, and the thaw of phase 2 crosses
-the stage boundary. Interleaved1F1B puts 2 stages on each rank (4 in all), so each rank holds
-two model parts, one of which trains in phase 0.
+With 1F1B (and GPipe) the 4 blocks split into stage 0 (embedding, blocks 0-1) and stage 1
+(blocks 2-3, norm, head): stage 0 has no trainable param in phases 0 and 1, and the thaw of
+phase 2 crosses the stage boundary. Interleaved1F1B puts 2 stages on each rank (4 in all), so
+each rank holds two model parts, one of which trains in phase 0.
 
 Stock torchtitan 0.2.2 backpropagates loss *sums* under PP (the schedule calls the loss
 function on each microbatch) and the mean without it, so PP gradients are larger by the token
 count. Clipping at ``max_norm`` would then act differently, and so would AdamW's ``eps``
 (measured with a local batch of 2: 1.4e-5 relative loss difference after 12 steps with
 eps = 1e-8, 4.8e-7 with 1e-30). These tests turn both off to compare the phases themselves:
-over 12 steps the largest relative loss difference was 1.2e-7 (1F1B and Interleaved1F1B) and
+over 12 steps the largest relative loss difference was 1.2e-7 (1F1B, GPipe, Interleaved1F1B) and
 7.3e-8 (the resume on PP=2 x FSDP=2) when this was written, under a tolerance of 1e-5 (a
 missing or extra param group moves the loss by percents within a step or two).
 """
@@ -48,6 +48,7 @@ PP2 = ("--parallelism.pipeline_parallel_degree", "2",
 PP2_FSDP2 = ("--parallelism.pipeline_parallel_degree", "2",
              "--parallelism.data_parallel_shard_degree", "2")
 INTERLEAVED = ("--parallelism.pipeline_parallel_schedule", "Interleaved1F1B")
+GPIPE = ("--parallelism.pipeline_parallel_schedule", "GPipe")
 # 4 microbatches per PP step; resumes on 2 data-parallel ranks take 2 each (the job's default).
 BATCH_4 = ("--training.local_batch_size", "4", "--validation.local_batch_size", "4")
 
@@ -79,7 +80,8 @@ def pp2(initial_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> JobR
     return _run(tmp_path_factory.mktemp("pp2") / "run", *PP2, nproc=2, initial=initial_weights)
 
 
-@pytest.mark.parametrize("schedule", [(), INTERLEAVED], ids=["1f1b", "interleaved_1f1b"])
+@pytest.mark.parametrize("schedule", [(), INTERLEAVED, GPIPE],
+                         ids=["1f1b", "interleaved_1f1b", "gpipe"])
 def test_a_phased_job_under_pipeline_parallelism_matches_one_rank(
     schedule: tuple[str, ...], one_rank: JobResult, initial_weights: Path,
     request: pytest.FixtureRequest, tmp_path: Path,
@@ -107,7 +109,7 @@ def test_a_phased_job_under_pipeline_parallelism_matches_one_rank(
     # Optimizer state for trainable params only: a rank whose stages hold none has none.
     measured = measured_state_bytes(records)
     assert measured == _planned(2, *layout)
-    if not schedule:
+    if schedule != INTERLEAVED:
         assert measured[0][0] == measured[1][0] == 0 < measured[2][0]
 
 
