@@ -138,6 +138,21 @@ def _meta_model(job_config: JobConfig, train_spec: Any, model_args: Any) -> nn.M
         return train_spec.model_cls(model_args)
 
 
+def _model_parts(
+    job_config: JobConfig, train_spec: Any, model_args: Any, parallel_dims: ParallelDims
+) -> list[nn.Module]:
+    """This (fake) rank's model parts, parallelised as torchtitan's Trainer does it."""
+    model = _meta_model(job_config, train_spec, model_args)
+    if not parallel_dims.pp_enabled:
+        return [train_spec.parallelize_fn(model, parallel_dims, job_config)]
+    loss_fn = train_spec.build_loss_fn(job_config, parallel_dims=parallel_dims)
+    _, model_parts, _, _ = train_spec.pipelining_fn(
+        model, parallel_dims, job_config, torch.device("cpu"), model_args,
+        train_spec.parallelize_fn, loss_fn,
+    )
+    return model_parts
+
+
 def param_layouts(job_config: JobConfig, world_size: int) -> dict[str, ParamLayout]:
     """``{canonical parameter name: ParamLayout}`` for the job on ``world_size`` ranks.
 
@@ -149,34 +164,23 @@ def param_layouts(job_config: JobConfig, world_size: int) -> dict[str, ParamLayo
     Raises:
         MeshError: the parallelism degrees do not fit ``world_size``.
     """
-    parallel_dims = parallel_dims_for(job_config, world_size)
+    pp = parallel_dims_for(job_config, world_size).pp
     train_spec = get_train_spec(job_config.model.name)
     model_args = copy.deepcopy(train_spec.model_args[job_config.model.flavor])
     model_args.update_from_config(job_config)
-    if not parallel_dims.pp_enabled:
-        with _fake_world(world_size):
-            parallel_dims.build_mesh()
-            model = train_spec.parallelize_fn(
-                _meta_model(job_config, train_spec, model_args), parallel_dims, job_config
-            )
-            return {
-                canonical_param_name(name): _layout(param, range(world_size), world_size)
-                for name, param in model.named_parameters()
-            }
-    stage_ranks = world_size // parallel_dims.pp
+    stage_ranks = world_size // pp
     layouts: dict[str, ParamLayout] = {}
-    for pp_rank in range(parallel_dims.pp):
+    for pp_rank in range(pp):
         holders = range(pp_rank * stage_ranks, (pp_rank + 1) * stage_ranks)
         with _fake_world(world_size, rank=holders[0]):
+            # A mesh belongs to its process group: each fake world builds its own.
             parallel_dims = parallel_dims_for(job_config, world_size)
             parallel_dims.build_mesh()
-            loss_fn = train_spec.build_loss_fn(job_config, parallel_dims=parallel_dims)
-            _, model_parts, _, _ = train_spec.pipelining_fn(
-                _meta_model(job_config, train_spec, model_args), parallel_dims, job_config,
-                torch.device("cpu"), model_args, train_spec.parallelize_fn, loss_fn,
-            )
-            for part in model_parts:
+            for part in _model_parts(job_config, train_spec, model_args, parallel_dims):
                 for name, param in part.named_parameters():
                     layouts[canonical_param_name(name)] = _layout(param, holders, world_size)
+    if pp == 1:
+        return layouts
+    # Pipeline ranks hold their stages in schedule order (looped schedules interleave them).
     order = _meta_model(job_config, train_spec, model_args).named_parameters()
     return {name: layouts[name] for name in (canonical_param_name(n) for n, _ in order)}
