@@ -171,12 +171,17 @@ def run_job(
     return JobResult(proc.returncode, log.read_text(), dump, all_gathers)
 
 
-def model_tensors(checkpoint: Path, scratch: Path) -> dict[str, torch.Tensor]:
-    """The model weights of DCP checkpoint ``checkpoint``, converted through file ``scratch``."""
+def checkpoint_state(checkpoint: Path, scratch: Path) -> dict:
+    """Everything DCP checkpoint ``checkpoint`` holds, converted through file ``scratch``."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     dcp_to_torch_save(checkpoint, scratch)
-    state = torch.load(scratch, weights_only=False)
+    return torch.load(scratch, weights_only=False)
+
+
+def model_tensors(checkpoint: Path, scratch: Path) -> dict[str, torch.Tensor]:
+    """The model weights of DCP checkpoint ``checkpoint``, converted through file ``scratch``."""
+    state = checkpoint_state(checkpoint, scratch)
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and "." in k}
 
 

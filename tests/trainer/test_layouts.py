@@ -31,15 +31,17 @@ from tests.trainer.jobs import (
     run_job,
     TINY_JOB,
 )
-from tests.trainer.tiny_checks import assert_close_losses, assert_frozen_until_their_phase
+from tests.trainer.tiny_checks import (
+    assert_close_losses,
+    assert_frozen_until_their_phase,
+    CHECKPOINTS,
+)
 
 pytestmark = pytest.mark.usefixtures("embedded_assets")
 
 RTOL = 1e-5
 # bf16 mixed precision against fp32 on the same layout: 4.4e-4 relative when this was written.
 BF16_RTOL = 5e-3
-# Checkpoints at the end of phase 0 (step 4) and phase 1 (step 8), and at step 6 to resume.
-CHECKPOINTS = ("--checkpoint.interval", "2")
 FSDP2_TP2 = ("--parallelism.tensor_parallel_degree", "2")
 TP2 = ("--parallelism.tensor_parallel_degree", "2", "--parallelism.data_parallel_shard_degree",
        "1")

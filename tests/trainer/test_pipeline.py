@@ -28,20 +28,23 @@ import pytest
 import torch
 
 from tests.trainer.jobs import (
+    checkpoint_state,
     JobResult,
     measured_state_bytes,
     planned_state_bytes,
     run_job,
     TINY_JOB,
 )
-from tests.trainer.tiny_checks import assert_close_losses, assert_frozen_until_their_phase
+from tests.trainer.tiny_checks import (
+    assert_close_losses,
+    assert_frozen_until_their_phase,
+    CHECKPOINTS,
+)
 from titan_phases.components.checkpoint import PHASES_KEY
 
 pytestmark = pytest.mark.usefixtures("embedded_assets")
 
 RTOL = 1e-5
-# Checkpoints at the end of phase 0 (step 4) and phase 1 (step 8), and at step 6 to resume.
-CHECKPOINTS = ("--checkpoint.interval", "2")
 SCALE_FREE = ("--training.max_norm", "1e9", "--optimizer.eps", "1e-30")
 PP2 = ("--parallelism.pipeline_parallel_degree", "2",
        "--parallelism.data_parallel_shard_degree", "1")
@@ -201,14 +204,8 @@ def test_a_pipeline_phase1_checkpoint_resumes_on_fsdp2_with_moments_in_loss_sum_
 
 
 def _optimizer_state(run: JobResult, scratch: Path) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    dcp_to_torch_save(run.dump / "checkpoint" / "step-6", scratch)
-    return torch.load(scratch, weights_only=False)["optimizer"]
+    return checkpoint_state(run.dump / "checkpoint" / "step-6", scratch)["optimizer"]
 
 
 def _phase_state(checkpoint: Path, scratch: Path) -> dict:
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    dcp_to_torch_save(checkpoint, scratch)
-    return json.loads(torch.load(scratch, weights_only=False)[PHASES_KEY]["json"])
+    return json.loads(checkpoint_state(checkpoint, scratch)[PHASES_KEY]["json"])

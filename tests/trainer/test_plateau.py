@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.jobs import JobResult, run_job
+from tests.trainer.jobs import checkpoint_state, JobResult, run_job
 
 pytestmark = pytest.mark.usefixtures("embedded_assets")
 
@@ -47,15 +47,11 @@ def test_phase0_plateau_transitions_before_its_max_transition_step(plateau_run: 
 def test_final_phase_plateau_ends_training_with_a_loadable_full_checkpoint(
     plateau_run: JobResult, tmp_path: Path
 ):
-    import torch
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
     (end,) = _events(plateau_run, "end")
     assert end["step"] < 20 and "plateaued in the final phase 2" in end["reason"]
     assert f"Training stops after step {end['step']}" in plateau_run.output
     checkpoint = plateau_run.dump / "checkpoint" / f"step-{end['step']}"
-    dcp_to_torch_save(checkpoint, tmp_path / "final.pt")
-    state = torch.load(tmp_path / "final.pt", weights_only=False)
+    state = checkpoint_state(checkpoint, tmp_path / "final.pt")
     assert "output.weight" in state and "optimizer" in state and "phases" in state
 
 

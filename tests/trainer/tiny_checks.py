@@ -10,6 +10,9 @@ import torch
 from tests.trainer.jobs import JobResult, model_tensors
 
 THAWED_IN = {"output.weight": 0, "norm.weight": 0, "layers.3": 0, "layers.2": 1}
+# Checkpoints at the end of phase 0 (step 4) and phase 1 (step 8), which
+# assert_frozen_until_their_phase reads, and at step 6 to resume.
+CHECKPOINTS = ("--checkpoint.interval", "2")
 
 
 def thawed_in(name: str) -> int:
