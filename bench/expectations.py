@@ -13,9 +13,9 @@ from torchtitan.protocols.train_spec import get_train_spec
 
 from bench import pipeline_ideal
 from bench.analysis import ModelFacts, PhaseExpectation
-from titan_phases.components.flops import attention_flops
 from titan_phases.config import parse_job_config
 from titan_phases.plan import build_plan
+from titan_phases.plan.flops import attention_flops
 from titan_phases.schedule import load_and_validate
 from titan_phases.train_spec import register_train_specs
 

@@ -6,8 +6,8 @@ debug job does (each block, then the root), gives every parameter AdamW state (o
 zero gradients) and saves it with torchtitan's ``CheckpointManager`` in synchronous mode:
 model, optimizer and three small Stateful entries, about 75 MB. For each repeat it times, per
 rank, ``CheckpointManager.save`` and then
-:func:`~titan_phases.components.checkpoint_integrity.write_record`; then
-:func:`~titan_phases.components.checkpoint_integrity.verify_on_ranks` and
+:func:`~titan_phases.components.checkpointing.integrity.write_record`; then
+:func:`~titan_phases.components.checkpointing.integrity.verify_on_ranks` and
 ``CheckpointManager.load`` of the same checkpoint, with its files hot in the page cache (just
 written or read) and cold (evicted with ``posix_fadvise(DONTNEED)`` first). A repeat's time is
 its slowest rank's; medians are printed. It also times candidate checksums over one data file,
@@ -47,7 +47,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from bench.machine import machine, versions, wait_until_quiet
-from titan_phases.components.checkpoint_integrity import verify_on_ranks, write_record
+from titan_phases.components.checkpointing.integrity import verify_on_ranks, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_MODEL_TOML = REPO / "train_configs" / "debug_model.toml"

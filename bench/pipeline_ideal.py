@@ -1,6 +1,6 @@
 """The ideal step-time ratio of a phase under pipeline parallelism: a 1F1B makespan model.
 
-Under PP the whole-model FLOP ratio (:mod:`titan_phases.components.flops`) is the wrong ideal:
+Under PP the whole-model FLOP ratio (:mod:`titan_phases.plan.flops`) is the wrong ideal:
 a pipeline step lasts as long as the last of its stages' forward and backward actions, bubbles
 included, and freezing the bottom of the model removes backward work from some stages only.
 This module models a step as the makespan of those actions and takes a phase's ideal ratio as
@@ -13,7 +13,7 @@ its makespan over the makespan of the same pipeline training everything (stock).
   ``generate_llm_fqn_per_model_part`` with ``pipeline_parallel_first_stage_less_layers`` and
   ``pipeline_parallel_last_stage_less_layers``. A parameter belongs to the module whose name
   prefixes it; the stages' modules, in order, are the forward order of the model.
-- Cost unit: FLOPs per token, as in :mod:`titan_phases.components.flops`: 2 per weight element
+- Cost unit: FLOPs per token, as in :mod:`titan_phases.plan.flops`: 2 per weight element
   (embeddings are lookups: 0), plus ``attention_flops`` per block. Every microbatch has the
   same number of tokens, so a microbatch's cost is proportional to its FLOPs per token.
 - Forward of a stage: the forward FLOPs of its modules, in every phase.
@@ -40,7 +40,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from titan_phases.components.flops import BACKWARD_FACTOR, FLOPS_PER_WEIGHT
+from titan_phases.plan.flops import BACKWARD_FACTOR, FLOPS_PER_WEIGHT
 from titan_phases.schedule.blocks import block_of
 
 __all__ = [

@@ -23,14 +23,14 @@ from titan_phases.config import CommandLineError, parse_job_config, UnknownKey
 from titan_phases.interop.fts_import import convert_fts_schedule, FTS_BASE_MAX_LR, load_fts_yaml
 from titan_phases.interop.hf_names import job_hf_names, to_titan_names
 from titan_phases.interop.plot import plot_timeline, PlotUnavailable
-from titan_phases.interop.table import phase_rows, render_table
 from titan_phases.interop.timeline import read_timeline
-from titan_phases.interop.toml_writer import dumps
 from titan_phases.plan import build_plan, MeshError, render_plan
 from titan_phases.prepare import check_start
 from titan_phases.runtime.process_exit import EXIT_INVALID_INPUT
 from titan_phases.schedule import load_and_validate, ResolvedSchedule, ScheduleError
 from titan_phases.schedule.errors import Problem, Problems, unknown_key_problems
+from titan_phases.schedule.table import phase_rows, render_table
+from titan_phases.schedule.toml_writer import dumps
 from titan_phases.train_spec import register_train_specs
 
 EXIT_OK = 0

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from torchtitan.config import JobConfig
 from torchtitan.protocols.train_spec import get_train_spec
 
-from titan_phases.components.checkpoint_integrity import verify as verify_checkpoint
+from titan_phases.components.checkpointing.integrity import verify as verify_checkpoint
+from titan_phases.components.checkpointing.resume import resume_report
 from titan_phases.components.phase_controller import build_phase_controller
-from titan_phases.components.resume import resume_report
 from titan_phases.config import CommandLineError, parse_job_config, PretrainedStage, UnknownKey
 from titan_phases.data.assets import ensure_assets
 from titan_phases.data.datasets import uses_embedded_assets
@@ -96,10 +96,10 @@ def check_start(
 ) -> StartCheck:
     """The recipe to run first, and what the job would resume and what keeps it from loading,
     checked in this one process as every rank checks it
-    (:func:`titan_phases.components.resume.resume_report`), with the model's shapes taken from
-    a meta-device model. ``resolved`` None (a model without phases) checks only the recipe.
-    ``checksums=False`` checks the checkpoint's file sizes only: the ranks read and hash it
-    anyway, shared out among them."""
+    (:func:`~titan_phases.components.checkpointing.resume.resume_report`), with the model
+    shapes taken from a meta-device model. ``resolved`` None (a model without phases) checks
+    only the recipe. ``checksums=False`` checks the checkpoint's file sizes only: the ranks read
+    and hash it anyway, shared out among them."""
     try:
         stage = getattr(job_config, "pretrained", PretrainedStage())
         recipe = pending_recipe(job_config.checkpoint.initial_load_path, stage)

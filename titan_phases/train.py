@@ -25,7 +25,7 @@ import torchtitan.train  # noqa: E402
 from torchtitan.protocols.train_spec import get_train_spec  # noqa: E402
 from torchtitan.tools.logging import init_logger  # noqa: E402
 
-from titan_phases.components.checkpoint_integrity import CheckpointLoadError  # noqa: E402
+from titan_phases.components.checkpointing.integrity import CheckpointLoadError  # noqa: E402
 from titan_phases.components.phase_controller import ScheduleMismatchError  # noqa: E402
 from titan_phases.components.step_guard import TrainingStopped  # noqa: E402
 from titan_phases.config import with_phases_section  # noqa: E402

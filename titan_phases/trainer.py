@@ -10,9 +10,9 @@ The subclass only wires unit-tested pieces into torchtitan's training loop:
 * :class:`~titan_phases.components.phase_controller.PhaseController` decides transitions and
   is checkpointed under its own key;
 * :func:`~titan_phases.components.transition.enter_phase` carries a transition out;
-* :func:`~titan_phases.components.resume.rebuild_to_checkpoint` rebuilds the phase structure
+* :func:`~.checkpointing.resume.rebuild_to_checkpoint` rebuilds the phase structure
   before torchtitan loads a checkpoint;
-* :class:`~titan_phases.components.best_checkpoint.RestoreBest` for ``restore_best``.
+* :class:`~titan_phases.components.checkpointing.best.RestoreBest` for ``restore_best``.
 
 Transitions happen between steps: after step ``S`` has trained, been checkpointed and
 validated, the first thing step ``S + 1`` does is ask the controller. A checkpoint therefore
@@ -29,7 +29,7 @@ After every step the ranks agree (:class:`~titan_phases.components.step_guard.St
 two things, before the step's checkpoint is saved: a non-finite loss stops training (or, with
 ``phases.nonfinite_loss = 'warn'``, is logged), and a SIGTERM saves a full checkpoint of that
 step and stops, so a preempted job restarts where it stopped. A checkpoint save that fails for
-want of space stops training too (:mod:`titan_phases.components.save_failure`), with the
+want of space stops training too (:mod:`~.checkpointing.save_failure`), with the
 checkpoints before it intact.
 
 Under pipeline parallelism a transition also makes torch's pipeline schedule infer its stages'
@@ -52,16 +52,16 @@ import torch
 from torchtitan.config import JobConfig
 from torchtitan.train import Trainer
 
-from titan_phases.components.best_checkpoint import RestoreBest
-from titan_phases.components.checkpoint import PHASES_KEY
-from titan_phases.components.checkpoint_integrity import IntegrityRecorder
-from titan_phases.components.flops import ideal_phase_ratio
+from titan_phases.components.checkpointing.best import RestoreBest
+from titan_phases.components.checkpointing.format import PHASES_KEY
+from titan_phases.components.checkpointing.integrity import IntegrityRecorder
+from titan_phases.components.checkpointing.resume import prepare_resume, save_full_checkpoint
 from titan_phases.components.phase_controller import build_phase_controller, Transition
-from titan_phases.components.resume import prepare_resume, save_full_checkpoint
 from titan_phases.components.run_record import startup_summary, write_run_record
 from titan_phases.components.step_guard import StepGuard, TrainingStopped
 from titan_phases.components.thaw import ThawCount
 from titan_phases.components.transition import enter_phase, transition_summary
+from titan_phases.plan.flops import ideal_phase_ratio
 from titan_phases.runtime.ranks import is_rank0
 from titan_phases.schedule import load_and_validate
 

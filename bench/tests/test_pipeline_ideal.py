@@ -14,7 +14,7 @@ from bench.pipeline_ideal import (
     stage_costs,
     StageCost,
 )
-from titan_phases.components.flops import ideal_phase_ratio
+from titan_phases.plan.flops import ideal_phase_ratio
 
 # Two blocks of 10 elements, a head of 5, a norm of 1; embeddings are lookups (no FLOPs).
 NUMELS = {"tok_embeddings.weight": 50, "layers.0.w": 10, "layers.1.w": 10, "norm.weight": 1,

@@ -1,6 +1,6 @@
 """What a run cost up to each validation point: cumulative FLOPs and training step time.
 
-FLOPs come from titan_phases' FLOP model (:mod:`titan_phases.components.flops`): a step of a
+FLOPs come from titan_phases' FLOP model (:mod:`titan_phases.plan.flops`): a step of a
 phase costs ``tokens_per_step x 3 x F x ideal_phase_ratio(trainable set of the phase)``, where
 ``F`` is the forward FLOPs per token over all layers (attention scores included) and the ratio
 counts the forward pass over every layer plus the backward pass over the span from the lowest
@@ -23,7 +23,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from titan_phases.components.flops import (
+from titan_phases.plan.flops import (
     attention_flops,
     forward_flops_by_depth,
     ideal_phase_ratio,

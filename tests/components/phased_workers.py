@@ -26,7 +26,7 @@ from torchtitan.components.checkpoint import ModelWrapper
 from torchtitan.config import LRScheduler as LRSchedulerConfig
 from torchtitan.config import Optimizer as OptimizerConfig
 
-from titan_phases.components.checkpoint import PhaseMismatchError, read_checkpoint_phase
+from titan_phases.components.checkpointing.format import PhaseMismatchError, read_checkpoint_phase
 from titan_phases.components.lr_scheduler import (
     build_phased_lr_schedulers,
     linear_warmup_stable_decay,

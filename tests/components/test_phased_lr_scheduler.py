@@ -12,7 +12,7 @@ from torch.optim import lr_scheduler as lrs
 from torchtitan.config import LRScheduler as LRSchedulerConfig
 
 from tests.components.phased_workers import build_model, freeze_to, params_with, PHASES
-from titan_phases.components.checkpoint import PhaseMismatchError
+from titan_phases.components.checkpointing.format import PhaseMismatchError
 from titan_phases.components.lr_scheduler import (
     build_phased_lr_schedulers,
     PhasedLRSchedulersContainer,

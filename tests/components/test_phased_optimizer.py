@@ -23,7 +23,7 @@ from tests.components.phased_workers import (
     PHASES,
     split_in_two,
 )
-from titan_phases.components.checkpoint import (
+from titan_phases.components.checkpointing.format import (
     decode_state,
     encode_state,
     PhaseMismatchError,

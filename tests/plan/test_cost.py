@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from titan_phases.cli import main
-from titan_phases.components.flops import attention_flops, ideal_phase_ratio
 from titan_phases.config import parse_job_config
 from titan_phases.plan import state_bytes
+from titan_phases.plan.flops import attention_flops, ideal_phase_ratio
 from titan_phases.schedule import load_and_validate
 from titan_phases.train_spec import register_train_specs
 

@@ -40,7 +40,7 @@ from tests.trainer.tiny_checks import (
     assert_frozen_until_their_phase,
     CHECKPOINTS,
 )
-from titan_phases.components.checkpoint import PHASES_KEY
+from titan_phases.components.checkpointing.format import PHASES_KEY
 
 pytestmark = pytest.mark.usefixtures("embedded_assets")
 

@@ -30,7 +30,7 @@ from torchtitan.models.llama3 import TransformerModelArgs
 from torchtitan.protocols.train_spec import get_train_spec, register_train_spec
 
 import tests.trainer.backward_all_gathers  # noqa: F401  (records when its variable is set)
-from titan_phases.components.best_checkpoint import RestoreBest
+from titan_phases.components.checkpointing.best import RestoreBest
 from titan_phases.components.metrics import PhaseMetricsProcessor
 from titan_phases.train_spec import phased
 

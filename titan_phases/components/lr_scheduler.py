@@ -36,7 +36,7 @@ from torch.optim.lr_scheduler import (
 from torchtitan.components.lr_scheduler import LRSchedulersContainer
 from torchtitan.config import LRScheduler as LRSchedulerConfig
 
-from titan_phases.components.checkpoint import (
+from titan_phases.components.checkpointing.format import (
     decode_metadata,
     encode_state,
     FORMAT_VERSION,

@@ -12,7 +12,7 @@ At a transition the trainer thaws the phase's params and calls
 :meth:`PhasedOptimizersContainer.add_phase`; on resume it rebuilds the same structure with the
 same calls (no training steps are replayed) and then loads the checkpoint. See the class
 docstring for the exact sequences. What the container saves, and how it is read before loading,
-is :mod:`titan_phases.components.checkpoint`.
+is :mod:`titan_phases.components.checkpointing.format`.
 
 **Limitations** (private torch/torchtitan API this module relies on; check on upgrades)
 * ``torch.distributed.checkpoint.state_dict._get_fqns``: DCP's parameter-name
@@ -57,7 +57,7 @@ from torchtitan.components.optimizer import OptimizersContainer
 from torchtitan.config import Optimizer as OptimizerConfig
 from torchtitan.distributed import ParallelDims
 
-from titan_phases.components.checkpoint import (
+from titan_phases.components.checkpointing.format import (
     decode_metadata,
     encode_state,
     entry_names,
@@ -237,9 +237,9 @@ class PhasedOptimizersContainer(OptimizersContainer):
                                 init_pg_lrs=..., use_current_optimizer_pg_lrs=...)
 
     Resume: read the saved phase
-    (:func:`~titan_phases.components.checkpoint.read_checkpoint_phase`), freeze to phase 0,
+    (:func:`~.checkpointing.format.read_checkpoint_phase`), freeze to phase 0,
     build with the builders, then thaw and call both ``add_phase`` methods for phases 1..saved
-    exactly as during training (:mod:`titan_phases.components.resume`), then load the
+    exactly as during training (:mod:`titan_phases.components.checkpointing.resume`), then load the
     checkpoint (``CheckpointManager.load``). Loading restores state, every group's
     hyperparameters and the scheduler position; nothing is replayed.
 

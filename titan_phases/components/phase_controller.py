@@ -1,7 +1,7 @@
 """PhaseController: which phase a job is in, when it moves on, and the record of how it got there.
 
 The controller decides; the trainer acts. It is Stateful and is saved in every DCP checkpoint
-under ``phases`` (:data:`~titan_phases.components.checkpoint.PHASES_KEY`), so a resumed job
+under ``phases`` (:data:`~.checkpointing.format.PHASES_KEY`), so a resumed job
 knows its phase before it builds anything.
 
 Transitions are decided *between* steps: after step ``S`` has been trained, checkpointed and

@@ -4,7 +4,7 @@
 
 * the steps it runs (from the schedule; an upper bound where a plateau may end it sooner);
 * the FLOPs of one of its steps relative to a full fine-tuning step
-  (:func:`titan_phases.components.flops.ideal_phase_ratio`, attention included);
+  (:func:`titan_phases.plan.flops.ideal_phase_ratio`, attention included);
 * per rank, the bytes of sharded parameters, of their gradients (trainable ones only) and of
   optimizer state, for the job's mesh on a given world size
   (:func:`titan_phases.plan.layout.param_layouts`);
@@ -41,8 +41,8 @@ from torch.optim import Optimizer
 from torchtitan.config import JobConfig
 from torchtitan.protocols.train_spec import get_train_spec
 
-from titan_phases.components.flops import attention_flops, ideal_phase_ratio
 from titan_phases.components.optimizer import optimizer_from_config
+from titan_phases.plan.flops import attention_flops, ideal_phase_ratio
 from titan_phases.plan.layout import parallel_dims_for, param_layouts, ParamLayout
 from titan_phases.schedule.classes import import_class_path, OPTIMIZER_MODULE
 from titan_phases.schedule.resolve import ResolvedSchedule

@@ -2,11 +2,11 @@
 before it is loaded, and saving a step in full so that a run can be resumed from it.
 
 :func:`prepare_resume` is the whole sequence the trainer runs before torchtitan loads: it
-chooses the newest *intact* checkpoint (:mod:`titan_phases.components.checkpoint_integrity`:
+chooses the newest *intact* checkpoint (:mod:`titan_phases.components.checkpointing.integrity`:
 incomplete and damaged ones are skipped and named), makes torchtitan load exactly that one,
 and when the folder holds no complete checkpoint at all, makes torchtitan start from
 ``initial_load_path`` as it does for a folder that does not exist. Whatever loads is first
-compared with the model (:func:`~titan_phases.components.checkpoint.model_mismatch`), so a
+compared with the model (:func:`~titan_phases.components.checkpointing.format.model_mismatch`), so a
 checkpoint of another flavor is refused in one line rather than by DCP's size mismatch, and
 a missing ``initial_load_path`` is named (:func:`initial_weights_problem`).
 
@@ -40,13 +40,13 @@ from typing import Any
 
 from torchtitan.components.checkpoint import MODEL
 
-from titan_phases.components.checkpoint import (
+from titan_phases.components.checkpointing.format import (
     entry_names,
     model_mismatch,
     PhaseMismatchError,
     read_saved_phase_state,
 )
-from titan_phases.components.checkpoint_integrity import (
+from titan_phases.components.checkpointing.integrity import (
     CheckpointLoadError,
     choose_checkpoint,
     is_complete,
@@ -82,7 +82,7 @@ def checkpoint_to_load(
     """The intact checkpoint to load for ``--checkpoint.load_step`` (None: checkpointing off).
 
     Collective with the default ``verify``: call on every rank. Raises
-    :class:`~titan_phases.components.checkpoint_integrity.CheckpointLoadError`.
+    :class:`~titan_phases.components.checkpointing.integrity.CheckpointLoadError`.
     """
     if not checkpointer.enable:
         return None
@@ -278,7 +278,7 @@ def rebuild_to_checkpoint(
 
     A checkpoint without phase state (e.g. an initial, stock torchtitan one) leaves phase 0.
     ``enter_phase(k)`` carries out the transition into phase ``k``; ``verify_optimizer`` raises
-    :class:`~titan_phases.components.checkpoint.PhaseMismatchError` when the optimizer does not
+    :class:`~.format.PhaseMismatchError` when the optimizer does not
     fit the checkpoint. Raises ScheduleMismatchError on every rank if any rank objects.
     """
     saved = read_saved_phase_state(checkpoint_id)

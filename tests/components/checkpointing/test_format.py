@@ -9,7 +9,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from titan_phases.components.checkpoint import entry_names, model_mismatch, read_entries
+from titan_phases.components.checkpointing.format import entry_names, model_mismatch, read_entries
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from titan_phases.components.flops import (
+from titan_phases.plan.flops import (
     attention_flops,
     forward_flops_by_depth,
     ideal_phase_ratio,

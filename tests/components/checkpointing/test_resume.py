@@ -9,20 +9,20 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from titan_phases.components.checkpoint import PhaseMismatchError, PHASES_KEY
-from titan_phases.components.checkpoint_integrity import verify
-from titan_phases.components.phase_controller import (
-    PhaseController,
-    REASON_STEP,
-    ScheduleMismatchError,
-)
-from titan_phases.components.resume import (
+from titan_phases.components.checkpointing.format import PhaseMismatchError, PHASES_KEY
+from titan_phases.components.checkpointing.integrity import verify
+from titan_phases.components.checkpointing.resume import (
     checkpoint_to_load,
     exclude_dataloader_if_resharded,
     initial_weights_problem,
     rebuild_to_checkpoint,
     resume_report,
     save_full_checkpoint,
+)
+from titan_phases.components.phase_controller import (
+    PhaseController,
+    REASON_STEP,
+    ScheduleMismatchError,
 )
 
 PARAMS = [["output.weight"], ["layers.1.w"], ["layers.0.w"]]

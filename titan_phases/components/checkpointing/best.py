@@ -28,9 +28,9 @@ import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 from torch.distributed.checkpoint.stateful import Stateful
 
-from titan_phases.components.checkpoint_integrity import is_complete
+from titan_phases.components.checkpointing.integrity import is_complete
+from titan_phases.components.checkpointing.save_failure import reporting_save_failure
 from titan_phases.components.plateau import PlateauTracker
-from titan_phases.components.save_failure import reporting_save_failure
 from titan_phases.components.thaw import reshard_fsdp_modules
 from titan_phases.runtime.ranks import barrier, is_rank0
 from titan_phases.schedule import PhasePlan

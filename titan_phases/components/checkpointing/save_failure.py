@@ -9,7 +9,7 @@ caused by an ``OSError`` into :class:`CheckpointSaveFailed`, which stops trainin
 
 Nothing is lost: DCP writes a checkpoint's ``.metadata`` last, so the folder of the failed save
 counts as incomplete and a restart skips it, naming it
-(:mod:`titan_phases.components.checkpoint_integrity`); torchtitan deletes old checkpoints
+(:mod:`titan_phases.components.checkpointing.integrity`); torchtitan deletes old checkpoints
 (``keep_latest_k``) only after a save succeeded, so the newest complete one is still there.
 
 **Limitations**

@@ -16,7 +16,7 @@ Saving (:func:`write_record`, :func:`record_when_done`, :class:`IntegrityRecorde
   (``titan_phases.integrity.rank<r>.json``) atomically (temporary file, fsync, ``os.replace``)
   after the data, so a record exists only for files DCP finished.
 * A save that fails on a full disk stops training with one clear message
-  (:mod:`titan_phases.components.save_failure`); its folder stays incomplete.
+  (:mod:`titan_phases.components.checkpointing.save_failure`); its folder stays incomplete.
 * The checksum is xxHash's XXH3 (64 bits; the ``xxhash`` package, which ``datasets`` already
   requires) over a memory map of the file: about 10 GB/s on one core, at least three times
   zlib's crc32 and six times sha1 (``python -m bench.integrity``, BENCHMARKS.md). It detects
@@ -67,7 +67,7 @@ import torch.distributed as dist
 import xxhash
 from torch.distributed.checkpoint import FileSystemReader
 
-from titan_phases.components.save_failure import reporting_save_failure
+from titan_phases.components.checkpointing.save_failure import reporting_save_failure
 
 if TYPE_CHECKING:
     from torchtitan.components.checkpoint import CheckpointManager
@@ -242,7 +242,7 @@ class IntegrityRecorder:
     def save(self, curr_step: int, last_step: bool = False) -> None:
         """Save as ``checkpointer.save(curr_step, last_step)`` does, then record it.
 
-        Raises :class:`~titan_phases.components.save_failure.CheckpointSaveFailed` when the
+        Raises :class:`~.save_failure.CheckpointSaveFailed` when the
         save fails for want of space (or any other ``OSError``).
         """
         checkpointer = self._checkpointer

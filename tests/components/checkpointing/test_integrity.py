@@ -20,8 +20,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from tests.dist import run_ranks
-from titan_phases.components import checkpoint_integrity
-from titan_phases.components.checkpoint_integrity import (
+from titan_phases.components.checkpointing import integrity as checkpoint_integrity
+from titan_phases.components.checkpointing.integrity import (
     CheckpointLoadError,
     choose_checkpoint,
     IntegrityRecorder,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tests.schedule.conftest import make_job
-from titan_phases.interop.table import COLUMNS, phase_rows, render_table
 from titan_phases.schedule import load_and_validate
+from titan_phases.schedule.table import COLUMNS, phase_rows, render_table
 
 SCHEDULE = {
     "0": {"params": ["output.weight", "norm.weight"], "max_transition_step": 100},

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from torch.distributed.checkpoint.api import _wrap_exception, CheckpointException
 
-from titan_phases.components.save_failure import CheckpointSaveFailed, reporting_save_failure
+from titan_phases.components.checkpointing.save_failure import (
+    CheckpointSaveFailed,
+    reporting_save_failure,
+)
 from titan_phases.components.step_guard import TrainingStopped
 from titan_phases.runtime.process_exit import EXIT_SAVE_FAILED
 

@@ -11,7 +11,7 @@ from tests.dist import run_ranks
 
 
 def _save_train_restore(rank: int, world_size: int, root: str) -> dict[str, bool]:
-    from titan_phases.components.best_checkpoint import BestCheckpoints
+    from titan_phases.components.checkpointing.best import BestCheckpoints
 
     parts, optimizers, lr_schedulers = w.build_two_part_stack(world_size)
     w.enter_phase1(parts, optimizers, lr_schedulers)
@@ -51,7 +51,7 @@ def test_only_the_newest_two_bests_of_a_phase_are_kept(tmp_path: Path):
 
 
 def _save_three_times(rank: int, world_size: int, root: str) -> None:
-    from titan_phases.components.best_checkpoint import BestCheckpoints
+    from titan_phases.components.checkpointing.best import BestCheckpoints
 
     parts, optimizers, lr_schedulers = w.build_two_part_stack(world_size)
     best = BestCheckpoints(root)
@@ -73,7 +73,7 @@ class _Value:
 
 
 def test_restore_best_keeps_what_the_next_phase_replaces(tmp_path: Path):
-    from titan_phases.components.best_checkpoint import RestoreBest
+    from titan_phases.components.checkpointing.best import RestoreBest
     from titan_phases.components.plateau import PlateauTracker
     from titan_phases.schedule import LRSchedulerChange, PhasePlan
 
