@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.launches import launch
 from titan_phases.runtime.process_exit import exit_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,9 +77,10 @@ def run_ranks(fn: Callable, world_size: int, *args: Any) -> list[Any]:
 
     ``fn`` must be a module-level function (it is pickled into spawned processes). Results must
     be picklable; move tensors to CPU. Any rank's exception is re-raised here as AssertionError
-    with that rank's traceback.
+    with that rank's traceback. Only a test marked ``e2e`` may call it (``tests/launches.py``).
     """
-    with tempfile.TemporaryDirectory() as out_dir:
+    what = f"{world_size} rank(s) of {fn.__module__}.{fn.__name__}"
+    with tempfile.TemporaryDirectory() as out_dir, launch(what):
         mp.start_processes(
             _worker,
             args=(world_size, _free_port(), out_dir, fn, args),

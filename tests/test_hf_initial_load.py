@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.dist import run_ranks
+
+pytestmark = pytest.mark.e2e
 
 
 def _source_state_dict() -> dict[str, torch.Tensor]:

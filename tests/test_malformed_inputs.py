@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import subprocess
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests import launches
 from titan_phases.cli import main
 from titan_phases.schedule.toml_writer import dumps
 
@@ -460,11 +460,13 @@ RUN_TRAIN_CASES = [c for c in CASES if c.id in (
 )]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", RUN_TRAIN_CASES, ids=[c.id for c in RUN_TRAIN_CASES])
 def test_run_train_refuses_malformed_input_before_training(case: Case, tmp_path: Path):
     job_path, schedule_path = _write_case(case, tmp_path)
     dump = tmp_path / "dump"
-    result = subprocess.run(
+    result = launches.run(
+        f"./run_train.sh ({case.id})",
         ["./run_train.sh", "--job.dump_folder", str(dump), *case.args],
         cwd=REPO, env={**os.environ, "CONFIG_FILE": str(job_path), "NGPU": "2"},
         capture_output=True, text=True, timeout=300,

@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from tests import launches
+
 REPO = Path(__file__).resolve().parents[1]
 BOOTSTRAP = REPO / "scripts" / "bootstrap.sh"
 BUILD_WHEELHOUSE = REPO / "scripts" / "build_wheelhouse.sh"
@@ -38,6 +40,8 @@ NODE_PACKAGES = (
 ).split()
 # What it lacks, and so what the wheelhouse must bring.
 MISSING_ON_NODE = ["torchtitan", "torchdata", "tyro", "datasets", "tomli", "xxhash", "pytest"]
+
+pytestmark = pytest.mark.e2e
 
 
 def _norm(name: str) -> str:
@@ -97,7 +101,8 @@ def _base_interpreter() -> str:
 def node_python(tmp_path_factory) -> Path:
     """A venv with only the node's packages, symlinked from this project's venv."""
     root = tmp_path_factory.mktemp("node")
-    subprocess.run([_base_interpreter(), "-m", "venv", "--without-pip", str(root)], check=True)
+    launches.run("python -m venv (the simulated node)",
+                 [_base_interpreter(), "-m", "venv", "--without-pip", str(root)], check=True)
     site = Path(
         subprocess.run(
             [str(root / "bin" / "python"), "-c",
@@ -130,8 +135,8 @@ def wheelhouse(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("wheelhouse")
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     env = dict(os.environ, PYTHON=sys.executable, TITAN_PHASES_WHEEL_PYTHONS=version)
-    proc = subprocess.run(["bash", str(BUILD_WHEELHOUSE), str(dest)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = launches.run("build_wheelhouse.sh", ["bash", str(BUILD_WHEELHOUSE), str(dest)],
+                        env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     names = {_norm(p.name.split("-")[0]) for p in dest.glob("*.whl")}
     assert set(map(_norm, MISSING_ON_NODE)) <= names, names
@@ -171,8 +176,8 @@ def _python_dir(tmp_path: Path, python: str | Path) -> Path:
 
 def _bootstrap(env: dict, then: str) -> subprocess.CompletedProcess:
     script = f'source "{BOOTSTRAP}" && {then}'
-    return subprocess.run(["bash", "-c", script], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return launches.run(f"bootstrap.sh && {then}", ["bash", "-c", script], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
 
 
 def test_offline_bootstrap_installs_from_the_wheelhouse_alone(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests import launches
 from tests.trainer.jobs import measured_state_bytes, model_tensors, planned_state_bytes
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,8 +23,8 @@ def default_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # --job.dump_folder also shows that run_train.sh hands its arguments to every rank: the
     # tests below read what the ranks wrote there.
     env = {k: v for k, v in os.environ.items() if k != "TITAN_PHASES_CACHE"}
-    result = subprocess.run(
-        ["./run_train.sh", "--job.dump_folder", str(dump)],
+    result = launches.run(
+        "./run_train.sh (the default job)", ["./run_train.sh", "--job.dump_folder", str(dump)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import struct
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,9 @@ from studies.forgetting.plots import DPI, FILES, SIZES
 from studies.forgetting.run import MARKDOWN, PUBLISHED_IMAGES, RESULTS_FILE
 from studies.forgetting.settings import QUICK
 from studies.forgetting.strategies import strategies
+from tests import launches
 
+pytestmark = pytest.mark.e2e
 pytest.importorskip("matplotlib")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +37,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     parent = tmp_path_factory.mktemp("study")
     before = _published()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
+    proc = launches.run(
+        "python -m studies.forgetting --quick",
         [sys.executable, "-m", "studies.forgetting", "--quick", "--out", str(parent)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
     )

@@ -15,6 +15,8 @@ import torch
 from tests.components import phased_workers as workers
 from tests.dist import run_ranks
 
+pytestmark = pytest.mark.e2e
+
 TOL = 1e-6
 
 

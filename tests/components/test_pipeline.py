@@ -64,6 +64,7 @@ def _thaw_stage0(rank: int, world_size: int, reinfer: bool
     return started_from, layers[rank].weight.grad.clone()
 
 
+@pytest.mark.e2e
 def test_a_thawed_stage_gets_the_grads_of_the_unsplit_model():
     layers, inputs, target = _layers()
     _loss(layers[1](layers[0](inputs)), target).backward()
@@ -75,6 +76,7 @@ def test_a_thawed_stage_gets_the_grads_of_the_unsplit_model():
     assert not any(frozen_stage) and trained_stage == [1, 1]
 
 
+@pytest.mark.e2e
 def test_without_it_the_thawed_stage_fails_in_backward():
     # The schedule inferred at its first step that stage 0's outputs need no grad, so stage 1
     # sends none back.
@@ -95,6 +97,7 @@ def _multi_stage_flags(rank: int, world_size: int) -> tuple[bool, bool]:
     return schedule._stages_forward_initialized, schedule._stages_backward_initialized
 
 
+@pytest.mark.e2e
 def test_multi_stage_schedules_infer_again_too():
     assert run_ranks(_multi_stage_flags, 1) == [(False, False)]
 
@@ -126,6 +129,7 @@ def _lowest_trainable_grads(rank: int, world_size: int, schedule_name: str) -> l
     return [layers[i].weight.grad is not None for i in mine if i >= 2]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("schedule, trained", [
     ("Interleaved1F1B", [[True], [True]]),
     # Why schedule validation refuses zero-bubble schedules: stage 2 (on rank 0), the lowest

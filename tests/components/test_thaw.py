@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -70,6 +71,7 @@ def _thaw_after_validation_forward(rank: int, world_size: int) -> dict[str, bool
     }
 
 
+@pytest.mark.e2e
 def test_thaw_after_a_validation_forward_reaches_the_sharded_params():
     for result in run_ranks(_thaw_after_validation_forward, 2):
         assert result == {"sharded": True, "has_grad": True, "changed": True, "count_ok": True}
@@ -121,6 +123,7 @@ def _backward_all_gathers(
     return gathered, grad
 
 
+@pytest.mark.e2e
 def test_frozen_modules_below_the_trainable_ones_are_not_all_gathered_in_backward():
     runs = run_ranks(_backward_all_gathers_with_and_without_limit, 2)[0]
     (default, default_grad), (limited, limited_grad) = runs["top"]

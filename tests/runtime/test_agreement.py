@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.dist import run_ranks
 from titan_phases.runtime.agreement import agreed_report, combine_reports
 
@@ -28,6 +30,7 @@ def _agree(rank: int, world_size: int) -> str | None:
     return agreed_report(f"rank {rank} is unhappy" if rank == world_size - 1 else None)
 
 
+@pytest.mark.e2e
 def test_every_rank_gets_the_same_report_even_where_it_found_nothing():
     reports = run_ranks(_agree, 3)
     assert reports[0] == reports[1] == reports[2]

@@ -87,6 +87,7 @@ def _profile_two_steps(rank: int, world_size: int, trace_dir: str) -> None:
             profiler.step()
 
 
+@pytest.mark.e2e
 def test_profiler_accepts_torchtitan_cpu_activities(tmp_path):
     run_ranks(_profile_two_steps, 1, str(tmp_path))
     assert list(tmp_path.rglob("*trace*")), "a CPU trace should have been written"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.dist import run_ranks
+
+pytestmark = pytest.mark.e2e
 
 SEQ = 32
 LOCAL_BATCH = 2

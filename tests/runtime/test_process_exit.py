@@ -7,6 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from tests import launches
 from tests.dist import rank_env, torchrun_command
 
 
@@ -51,13 +54,15 @@ def test_exit_work_runs_and_finalization_is_skipped(tmp_path: Path):
     assert (tmp_path / "pool-task-finished").exists()
 
 
+@pytest.mark.e2e
 def test_ranks_leaving_right_after_their_last_collective_all_exit_cleanly(tmp_path: Path):
     # Without exit_process about half of these launches lose a rank to SIGABRT (measured:
     # 5 of 8 launches of 4 ranks on a 2-core machine), so three launches all pass without it
     # about once in twenty runs.
     script = Path(__file__).with_name("leave_after_collective.py")
     for launch in range(3):
-        result = subprocess.run(
+        result = launches.run(
+            "torchrun x4 leave_after_collective.py",
             torchrun_command(4, str(script), "exit-process"),
             cwd=tmp_path, env=rank_env(), capture_output=True, text=True, timeout=120,
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from tests.dist import rank_env, REPO, torchrun_command
+from tests.launches import launch
 
 TINY_JOB = REPO / "tests" / "trainer" / "tiny_job.toml"
 
@@ -131,7 +132,8 @@ def run_job(
     ``tests/trainer/tiny_spec.py`` that make the job stall at a chosen moment: once a rank has
     stalled there, the job is SIGKILLed, launcher and ranks together. ``record_all_gathers``
     records the FSDP all-gathers of every backward (``tests/trainer/backward_all_gathers.py``;
-    the config must import that module, as ``tiny_spec.py`` does).
+    the config must import that module, as ``tiny_spec.py`` does). Only a test marked ``e2e``
+    may call it (``tests/launches.py``).
     """
     cache = os.environ["TITAN_PHASES_CACHE"]
     cmd = torchrun_command(
@@ -150,7 +152,8 @@ def run_job(
     if all_gathers:
         env["TITAN_PHASES_TEST_ALL_GATHERS"] = str(all_gathers)
     dump.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
+    what = " ".join((f"job x{nproc}", config.name, *overrides))
+    with open(log, "w") as out, launch(what):
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
         )

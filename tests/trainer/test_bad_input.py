@@ -9,7 +9,7 @@ import pytest
 
 from tests.trainer.jobs import run_job, TINY_JOB
 
-pytestmark = pytest.mark.usefixtures("embedded_assets")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
 
 def _with_slow_rank1(job_toml: str) -> str:

@@ -16,7 +16,7 @@ import torch
 
 from tests.trainer.jobs import JobResult, model_tensors, run_job
 
-pytestmark = pytest.mark.usefixtures("embedded_assets")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
 def _block(name: str) -> int | None:
     parts = name.split(".")

@@ -37,7 +37,7 @@ from tests.trainer.tiny_checks import (
     CHECKPOINTS,
 )
 
-pytestmark = pytest.mark.usefixtures("embedded_assets")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
 RTOL = 1e-5
 # bf16 mixed precision against fp32 on the same layout: 4.4e-4 relative when this was written.

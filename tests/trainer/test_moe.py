@@ -25,7 +25,7 @@ from tests.trainer.jobs import (
     run_job,
 )
 
-pytestmark = pytest.mark.usefixtures("embedded_assets")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
 MOE_JOB = REPO / "tests" / "trainer" / "moe_job.toml"
 EP2 = ("--parallelism.expert_parallel_degree", "2")

@@ -42,7 +42,7 @@ from tests.trainer.tiny_checks import (
 )
 from titan_phases.components.checkpointing.format import PHASES_KEY
 
-pytestmark = pytest.mark.usefixtures("embedded_assets")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
 RTOL = 1e-5
 SCALE_FREE = ("--training.max_norm", "1e9", "--optimizer.eps", "1e-30")

@@ -9,7 +9,7 @@ import pytest
 
 from tests.trainer.jobs import checkpoint_state, JobResult, run_job
 
-pytestmark = pytest.mark.usefixtures("embedded_assets")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
 # A high lr makes phase 0 plateau early and min_delta makes the final phase plateau before the
 # end (patience 1, a validation after every step); the step limits (6, 12) are a backstop.

@@ -17,7 +17,7 @@ from tests.trainer.jobs import (
     TINY_JOB,
 )
 
-pytestmark = pytest.mark.usefixtures("embedded_assets")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
 
 def test_uninterrupted_run_goes_through_every_phase(uninterrupted: JobResult):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.components import phased_workers as w
@@ -38,12 +39,14 @@ def _save_train_restore(rank: int, world_size: int, root: str) -> dict[str, bool
     }
 
 
+@pytest.mark.e2e
 def test_restore_is_bitwise_the_saved_best_on_two_ranks(tmp_path: Path):
     for result in run_ranks(_save_train_restore, 2, str(tmp_path)):
         assert all(result.values()), result
     assert (tmp_path / "best_checkpoints" / "phase-1" / "after-step-2" / ".metadata").is_file()
 
 
+@pytest.mark.e2e
 def test_only_the_newest_two_bests_of_a_phase_are_kept(tmp_path: Path):
     run_ranks(_save_three_times, 1, str(tmp_path))
     kept = sorted(p.name for p in (tmp_path / "best_checkpoints" / "phase-0").iterdir())

@@ -361,6 +361,7 @@ def _async_saves_with_keep_latest_k(rank: int, world_size: int, root: str) -> di
     return result
 
 
+@pytest.mark.e2e
 def test_async_saves_on_two_ranks_with_keep_latest_k_are_recorded(tmp_path: Path):
     results = run_ranks(_async_saves_with_keep_latest_k, 2, str(tmp_path))
     assert results[0] == results[1]
