@@ -1,4 +1,4 @@
-"""The README's schedule example is a valid job config."""
+"""The README's quick-start job config is valid."""
 
 import re
 from pathlib import Path
@@ -10,7 +10,7 @@ def test_readme_schedule_example_validates(tmp_path: Path, capsys):
     from titan_phases.cli import main
 
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Phase schedules"):]
+    section = readme[readme.index("## Quick start"):]
     example = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
     job = tmp_path / "job.toml"
     job.write_text(example)

@@ -141,9 +141,9 @@ def test_a_mesh_that_does_not_fit_the_world_size_is_exit_2(capsys):
     assert "Traceback" not in err
 
 
-def test_the_readme_shows_what_plan_prints_for_the_8b_config(capsys):
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Planning a job before launching it"):]
+def test_docs_plan_shows_what_plan_prints_for_the_8b_config(capsys):
+    doc = (REPO / "docs" / "plan.md").read_text()
+    section = doc[doc.index("# Planning a job before launching it"):]
     shown = re.search(r"```\n(.*?)```", section, re.S).group(1)
     assert main(["plan", "--world-size", "8", "--job.config_file", LLAMA3_8B]) == 0
     assert capsys.readouterr().out.startswith(shown)
