@@ -15,13 +15,11 @@ otherwise).
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import sys
 from dataclasses import dataclass
 
 from torchtitan.config import JobConfig
-from torchtitan.protocols.train_spec import get_train_spec
 
 from titan_phases.components.checkpointing.integrity import verify as verify_checkpoint
 from titan_phases.components.checkpointing.resume import resume_report
@@ -32,7 +30,7 @@ from titan_phases.data.datasets import uses_embedded_assets
 from titan_phases.runtime.process_exit import EXIT_INVALID_INPUT
 from titan_phases.schedule import load_and_validate, ResolvedSchedule, ScheduleError
 from titan_phases.schedule.errors import unknown_key_problems
-from titan_phases.schedule.model_info import meta_model
+from titan_phases.schedule.model_info import meta_model, train_spec_of
 from titan_phases.train_spec import is_phased, register_train_specs
 
 
@@ -138,23 +136,15 @@ def check_input(
         return None, None, f"{invalid}: {exc}"
     except CommandLineError as exc:
         return None, None, f"titan_phases: invalid command line, nothing was run:\n{exc}"
-    custom_import = job_config.experimental.custom_import
-    try:
-        if custom_import:
-            importlib.import_module(custom_import)
-    except Exception as exc:  # the user's module runs here: whatever it raises is their error
-        return None, None, (
-            f"{invalid}: [experimental] custom_import = {custom_import!r} cannot be imported: "
-            f"{type(exc).__name__}: {exc}"
-        )
-    try:
-        spec = get_train_spec(job_config.model.name)
-    except ValueError as exc:
-        return None, None, f"{invalid}: {exc}"
     problems = unknown_key_problems(unknown)
     schedule_problems = []
     resolved = None
-    if is_phased(spec):
+    try:
+        spec = train_spec_of(job_config)
+    except ScheduleError as exc:
+        problems += exc.problems
+        spec = None
+    if spec is not None and is_phased(spec):
         try:
             resolved = load_and_validate(job_config)
         except ScheduleError as exc:

@@ -2,16 +2,18 @@
 
 The subclass only wires unit-tested pieces into torchtitan's training loop:
 
-* the schedule (:func:`titan_phases.schedule.load_and_validate`), validated on every rank
-  before any process group exists; the phased TrainSpec has frozen the model to phase 0 right
-  after parallelisation, so torchtitan built the optimizer over phase 0's params only, at
+* the schedule, resolved once per process (by ``python -m titan_phases.train``'s input check,
+  which hands it over; :func:`titan_phases.schedule.load_and_validate` otherwise) and attached
+  to the job config for the phased TrainSpec, which freezes the model to phase 0 right after
+  parallelisation, so torchtitan builds the optimizer over phase 0's params only, at
   ``[optimizer] lr``: the trainer then starts phase 0 at the schedule's lr (``[phases]
   lr_scale`` applied), which torchtitan's builders do not see;
 * :class:`~titan_phases.components.phase_controller.PhaseController` decides transitions and
   is checkpointed under its own key;
 * :func:`~titan_phases.components.transition.enter_phase` carries a transition out;
-* :func:`~.checkpointing.resume.rebuild_to_checkpoint` rebuilds the phase structure
-  before torchtitan loads a checkpoint;
+* :mod:`~titan_phases.components.checkpointing.manager` is installed on torchtitan's
+  CheckpointManager in one call: integrity records, the checkpoint to resume and the phase
+  structure rebuilt to it before torchtitan loads, full saves;
 * :class:`~titan_phases.components.checkpointing.best.RestoreBest` for ``restore_best``.
 
 Transitions happen between steps: after step ``S`` has trained, been checkpointed and
@@ -29,8 +31,9 @@ After every step the ranks agree (:class:`~titan_phases.components.step_guard.St
 two things, before the step's checkpoint is saved: a non-finite loss stops training (or, with
 ``phases.nonfinite_loss = 'warn'``, is logged), and a SIGTERM saves a full checkpoint of that
 step and stops, so a preempted job restarts where it stopped. A checkpoint save that fails for
-want of space stops training too (:mod:`~.checkpointing.save_failure`), with the
-checkpoints before it intact.
+want of space stops training too
+(:mod:`titan_phases.components.checkpointing.save_failure`), with the checkpoints before it
+intact.
 
 Under pipeline parallelism a transition also makes torch's pipeline schedule infer its stages'
 metadata again (:mod:`titan_phases.components.pipeline`), and validation losses reach every
@@ -53,9 +56,7 @@ from torchtitan.config import JobConfig
 from torchtitan.train import Trainer
 
 from titan_phases.components.checkpointing.best import RestoreBest
-from titan_phases.components.checkpointing.format import PHASES_KEY
-from titan_phases.components.checkpointing.integrity import IntegrityRecorder
-from titan_phases.components.checkpointing.resume import prepare_resume, save_full_checkpoint
+from titan_phases.components.checkpointing.manager import install as install_checkpointing
 from titan_phases.components.phase_controller import build_phase_controller, Transition
 from titan_phases.components.run_record import startup_summary, write_run_record
 from titan_phases.components.step_guard import StepGuard, TrainingStopped
@@ -63,7 +64,7 @@ from titan_phases.components.thaw import ThawCount
 from titan_phases.components.transition import enter_phase, transition_summary
 from titan_phases.plan.flops import ideal_phase_ratio
 from titan_phases.runtime.ranks import is_rank0
-from titan_phases.schedule import load_and_validate
+from titan_phases.schedule import attach_schedule, load_and_validate, ResolvedSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +72,11 @@ logger = logging.getLogger(__name__)
 class PhasedTrainer(Trainer):
     """torchtitan's Trainer plus phase transitions; see the module docstring."""
 
-    def __init__(self, job_config: JobConfig) -> None:
+    def __init__(self, job_config: JobConfig, schedule: ResolvedSchedule | None = None) -> None:
+        self.schedule = load_and_validate(job_config) if schedule is None else schedule
+        attach_schedule(job_config, self.schedule)
         super().__init__(job_config)
-        # Every save, the trainer's own included, also writes this rank's integrity record.
-        self.integrity = IntegrityRecorder(self.checkpointer)
-        self.checkpointer.save = self.integrity.save
         self._full_flops_per_token = self.metrics_processor.num_flops_per_token
-        self.schedule = load_and_validate(job_config)
         for warning in self.schedule.warnings:
             logger.warning("%s", warning)
         self.lr_schedulers.apply_lambdas_new_pgs = self.schedule.apply_lambdas_new_pgs
@@ -85,16 +84,16 @@ class PhasedTrainer(Trainer):
         self.phase_controller = build_phase_controller(
             self.schedule, job_config.phases, job_config.validation.enable
         )
-        self.checkpointer.states[PHASES_KEY] = self.phase_controller
+        self.checkpointing = install_checkpointing(self.checkpointer, self.phase_controller)
         job_config.training.max_norm = self.schedule.plan(0).max_norm
         self.restore_best = (
             RestoreBest(job_config.job.dump_folder, self.model_parts,
-                        self.checkpointer.states["model"], self.optimizers, self.lr_schedulers)
+                        self.checkpointing.model_state, self.optimizers, self.lr_schedulers)
             if job_config.phases.restore_best
             else None
         )
-        resumed_from = prepare_resume(
-            self.checkpointer, job_config.checkpoint, self.phase_controller, self._enter_phase,
+        resumed_from = self.checkpointing.prepare_resume(
+            job_config.checkpoint, self.phase_controller, self._enter_phase,
             self.optimizers.verify_checkpoint, self.dataloader.dp_world_size,
         )
         write_run_record(job_config.job.dump_folder, self.schedule, job_config, resumed_from)
@@ -161,12 +160,11 @@ class PhasedTrainer(Trainer):
         self.metrics_processor.log_event({"type": "end", "step": self.step, "reason": reason})
 
     def _save_full_checkpoint(self) -> str | None:
-        return save_full_checkpoint(self.checkpointer, self.model_parts, self.step)
-
+        return self.checkpointing.save_full(self.model_parts, self.step)
 
     def close(self) -> None:
-        if getattr(self, "integrity", None) is not None:
-            self.integrity.wait()
+        if getattr(self, "checkpointing", None) is not None:
+            self.checkpointing.wait()
         super().close()
 
     def train(self) -> None:

@@ -33,11 +33,7 @@ from titan_phases.components.lr_scheduler import (
     build_phased_lr_schedulers,
     PhasedLRSchedulersContainer,
 )
-from titan_phases.components.optimizer import (
-    build_phased_optimizers,
-    optimizer_from_config,
-    PhasedOptimizersContainer,
-)
+from titan_phases.components.optimizer import build_phased_optimizers, PhasedOptimizersContainer
 
 ADAMW_KWARGS = {"lr": 1e-2, "betas": (0.8, 0.9), "weight_decay": 0.05, "foreach": True}
 
@@ -80,24 +76,7 @@ def test_builder_passes_torchtitans_kwargs_and_only_trainable_params():
     assert [id(p) for p in group["params"]] == [id(p) for p in params_with(model, PHASES[0])]
 
 
-def test_builder_takes_any_torch_optim_class_with_the_fields_it_accepts():
-    sgd_cls, sgd_kwargs = optimizer_from_config(
-        OptimizerConfig(name="SGD", lr=0.3, implementation="foreach")
-    )
-    assert sgd_cls is torch.optim.SGD
-    assert sgd_kwargs == {"lr": 0.3, "weight_decay": 0.1, "foreach": True, "fused": False}
-    rms_cls, rms_kwargs = optimizer_from_config(
-        OptimizerConfig(name="torch.optim.RMSprop", implementation="for-loop")
-    )
-    assert (
-        rms_cls is torch.optim.RMSprop
-        and rms_kwargs["foreach"] is False
-        and "betas" not in rms_kwargs
-    )
-    with pytest.raises(ValueError, match="Adadelta has no fused implementation"):
-        optimizer_from_config(OptimizerConfig(name="Adadelta", implementation="fused"))
-    with pytest.raises(ImportError):
-        optimizer_from_config(OptimizerConfig(name="NoSuchOptimizer"))
+def test_builder_refuses_optimizers_without_param_groups():
     with pytest.raises(NotImplementedError, match="early_step_in_backward"):
         build_phased_optimizers([build_model()], OptimizerConfig(early_step_in_backward=True), None)
 

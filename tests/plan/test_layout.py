@@ -9,7 +9,7 @@ import torch
 
 from titan_phases.config import parse_job_config
 from titan_phases.plan import param_layouts
-from titan_phases.schedule import load_and_validate
+from titan_phases.schedule import attach_schedule, load_and_validate
 from titan_phases.train_spec import register_train_specs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,14 +21,19 @@ def _phased_specs() -> None:
     register_train_specs()
 
 
+def _job(config_file: str, *overrides: str):
+    """The job, with its schedule attached for the phased spec's parallelize_fn."""
+    job_config = parse_job_config(["--job.config_file", config_file, *overrides])
+    attach_schedule(job_config, load_and_validate(job_config))
+    return job_config
+
+
 def _tiny_job(*overrides: str):
-    return parse_job_config(["--job.config_file", str(REPO / "tests/trainer/tiny_job.toml"),
-                             *overrides])
+    return _job(str(REPO / "tests/trainer/tiny_job.toml"), *overrides)
 
 
 def test_fsdp_shards_of_every_rank_follow_torch_chunk_when_uneven():
     job_config = _tiny_job()
-    load_and_validate(job_config)  # imports the tiny spec
     layouts = param_layouts(job_config, 3)
     assert "tok_embeddings.weight" in layouts
     for name, layout in layouts.items():
@@ -46,8 +51,7 @@ def test_fsdp_shards_of_every_rank_follow_torch_chunk_when_uneven():
       "--parallelism.data_parallel_shard_degree", "2"), lambda name: True),
 ])
 def test_two_dimensional_meshes_hold_each_element_once_per_replica(degrees, replicated):
-    job_config = parse_job_config(["--job.config_file", DEFAULT_JOB, *degrees])
-    layouts = param_layouts(job_config, 4)
+    layouts = param_layouts(_job(DEFAULT_JOB, *degrees), 4)
     for name, layout in layouts.items():
         held = sum(torch.Size(s).numel() for s in layout.local_shapes)
         assert held == torch.Size(layout.shape).numel() * (2 if replicated(name) else 1), name
@@ -63,7 +67,6 @@ def test_pipeline_stages_hold_their_own_params_sharded_over_their_slice_of_the_m
     # embedding and blocks 0-1 on pipeline rank 0 (global ranks 0-1), the rest on rank 1 (2-3).
     job_config = _tiny_job("--parallelism.pipeline_parallel_degree", "2",
                            "--parallelism.data_parallel_shard_degree", "2")
-    load_and_validate(job_config)
     layouts = param_layouts(job_config, 4)
     assert list(layouts) == list(param_layouts(_tiny_job(), 2))  # every param, in model order
     for name, layout in layouts.items():

@@ -14,13 +14,9 @@ same calls (no training steps are replayed) and then loads the checkpoint. See t
 docstring for the exact sequences. What the container saves, and how it is read before loading,
 is :mod:`titan_phases.components.checkpointing.format`.
 
-**Limitations** (private torch/torchtitan API this module relies on; check on upgrades)
-* ``torch.distributed.checkpoint.state_dict._get_fqns``: DCP's parameter-name
-  canonicalisation, so per-parameter keys match DCP's optimizer keys.
-* The module global ``torchtitan.components.optimizer.build_optimizers`` is swapped for
-  :func:`build_phased_optimizers` while a spec's own builder runs
-  (:func:`phased_optimizer_builder`): torchtitan's builders that add to a container, like
-  ``build_optimizers_with_moe_load_balancing``, build it by calling that global.
+**Limitations** (private torchtitan API this module relies on; check on upgrades)
+* While a spec's own builder runs, torchtitan's ``build_optimizers`` is the phased one
+  (:func:`titan_phases.patches.torchtitan_build_optimizers`).
 * ``OptimizersContainer._post_init``: overridden, and the base ``__init__`` is not called. The
   base builds one optimizer per part from a bare parameter list, which fails for a part with no
   trainable parameter and cannot tag groups with their phase; ``_post_init`` is where torchtitan
@@ -36,19 +32,9 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
-from unittest import mock
 
 import torch
 import torch.nn as nn
-
-# DCP's own parameter-name canonicalisation (strips activation-checkpoint and torch.compile
-# wrapper prefixes); using it keeps our per-parameter keys identical to DCP's optimizer keys.
-from torch.distributed.checkpoint.state_dict import (
-    _get_fqns,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-    StateDictOptions,
-)
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from torchtitan.components import optimizer as tt_optimizer
@@ -57,78 +43,36 @@ from torchtitan.components.optimizer import OptimizersContainer
 from torchtitan.config import Optimizer as OptimizerConfig
 from torchtitan.distributed import ParallelDims
 
+from titan_phases import patches
 from titan_phases.components.checkpointing.format import (
+    check_optimizer_metadata,
     decode_metadata,
     encode_state,
-    entry_names,
-    FORMAT_VERSION,
-    METADATA_KEY,
+    hyperparameters,
+    load_optimizer_state_dict,
     OPTIMIZER_KEY,
-    PhaseMismatchError,
-    PLACEHOLDER_KEY_PREFIX,
-    read_optimizer_metadata,
+    optimizer_metadata,
+    optimizer_state_dict,
+    OptimizerLayout,
+    param_fqns,
+    PHASE_KEY,
+    verify_optimizer_checkpoint,
 )
 from titan_phases.runtime.ranks import is_rank0
-from titan_phases.schedule.classes import class_path_of, import_class_path, OPTIMIZER_MODULE
+from titan_phases.schedule.classes import (
+    class_path_of,
+    import_class_path,
+    optimizer_from_config,
+    OPTIMIZER_MODULE,
+)
 
-__all__ = [
-    "PHASE_KEY",
-    "PhasedOptimizersContainer",
-    "build_phased_optimizers",
-    "builds_phased_optimizers",
-    "optimizer_from_config",
-    "phased_optimizer_builder",
-]
+__all__ = ["PHASE_KEY", "PhasedOptimizersContainer", "build_phased_optimizers",
+           "phased_optimizer_builder"]
 
 logger = logging.getLogger(__name__)
 
-PHASE_KEY = "phase"
-"""Param-group key naming the phase whose params the group holds (group ``i`` has phase ``i``)."""
-
-_FLAT_OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
-
 
 # --- builder --------------------------------------------------------------------------------
-
-
-def optimizer_from_config(config: OptimizerConfig) -> tuple[type[Optimizer], dict[str, Any]]:
-    """Optimizer class and constructor kwargs for torchtitan's ``[optimizer]`` section.
-
-    ``name`` is ``Adam``/``AdamW`` as in torchtitan, any other ``torch.optim`` class name, or a
-    dotted class path. The section's fields are passed where the class accepts them (for Adam
-    and AdamW exactly the kwargs torchtitan's ``build_optimizers`` passes); fields the class
-    has no argument for (e.g. ``beta1`` for SGD) are ignored with an INFO message.
-    """
-    optimizer_cls = import_class_path(config.name, Optimizer, OPTIMIZER_MODULE, "an optimizer")
-    accepted = inspect.signature(optimizer_cls.__init__).parameters
-    fields = {
-        "lr": ("lr", config.lr),
-        "betas": ("beta1, beta2", (config.beta1, config.beta2)),
-        "eps": ("eps", config.eps),
-        "weight_decay": ("weight_decay", config.weight_decay),
-    }
-    kwargs = {arg: value for arg, (_, value) in fields.items() if arg in accepted}
-    ignored = [field for arg, (field, _) in fields.items() if arg not in accepted]
-    if ignored:
-        logger.info(
-            "optimizer.%s: not arguments of %s, ignored", ", ".join(ignored), optimizer_cls.__name__
-        )
-
-    implementation = config.implementation
-    if implementation == "for-loop":
-        kwargs.update({flag: False for flag in ("fused", "foreach") if flag in accepted})
-    else:
-        if implementation not in accepted:
-            raise ValueError(
-                f"optimizer.implementation = '{implementation}', but {optimizer_cls.__name__} "
-                f"has no {implementation} implementation; set --optimizer.implementation to one "
-                f"of {[i for i in ('fused', 'foreach') if i in accepted] + ['for-loop']}"
-            )
-        other = "foreach" if implementation == "fused" else "fused"
-        kwargs[implementation] = True
-        if other in accepted:
-            kwargs[other] = False
-    return optimizer_cls, kwargs
 
 
 def build_phased_optimizers(
@@ -183,7 +127,7 @@ def phased_optimizer_builder(spec_builder: Callable[..., Any] | None) -> Callabl
         parallel_dims: ParallelDims,
         ft_manager: FTManager | None = None,
     ) -> PhasedOptimizersContainer:
-        with mock.patch.object(tt_optimizer, "build_optimizers", build_phased_optimizers):
+        with patches.torchtitan_build_optimizers(build_phased_optimizers):
             optimizers = spec_builder(model_parts, optimizer_config, parallel_dims, ft_manager)
         if not isinstance(optimizers, PhasedOptimizersContainer):
             raise TypeError(
@@ -195,30 +139,10 @@ def phased_optimizer_builder(spec_builder: Callable[..., Any] | None) -> Callabl
             )
         return optimizers
 
-    build.builds_phased_optimizers = True  # type: ignore[attr-defined]
     return build
 
 
-def builds_phased_optimizers(builder: Callable[..., Any] | None) -> bool:
-    """Whether ``builder`` (a TrainSpec's ``build_optimizers_fn``) builds the phased container."""
-    return builder is build_phased_optimizers or getattr(
-        builder, "builds_phased_optimizers", False
-    )
-
-
 # --- container ------------------------------------------------------------------------------
-
-
-def _param_fqns(model: nn.Module) -> dict[torch.Tensor, str]:
-    fqns: dict[torch.Tensor, str] = {}
-    for name, param in model.named_parameters():
-        (fqn,) = _get_fqns(model, name)
-        fqns[param] = fqn
-    return fqns
-
-
-def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in group.items() if k != "params"}
 
 
 class PhasedOptimizersContainer(OptimizersContainer):
@@ -289,7 +213,7 @@ class PhasedOptimizersContainer(OptimizersContainer):
         self.phase = 0
         self.optimizer_cls = optimizer_cls
         self.optimizer_kwargs = dict(optimizer_kwargs)
-        self._fqns = [_param_fqns(model) for model in model_parts]
+        self._fqns = [param_fqns(model) for model in model_parts]
         # Params whose state is a placeholder (see class docstring); dropped before each step.
         self._placeholder_params: set[torch.Tensor] = set()
         self.optimizers = []
@@ -372,7 +296,7 @@ class PhasedOptimizersContainer(OptimizersContainer):
                 else float(lr)
             )
             for opt, params in zip(self.optimizers, params_per_part):
-                group = _hyperparameters(opt.param_groups[-1])
+                group = hyperparameters(opt.param_groups[-1])
                 group.update(params=list(params), lr=phase_lr, initial_lr=phase_lr)
                 group[PHASE_KEY] = phase
                 opt.add_param_group(group)
@@ -479,7 +403,7 @@ class PhasedOptimizersContainer(OptimizersContainer):
             scratch = torch.zeros_like(param.detach()).requires_grad_(True)
             scratch.grad = torch.zeros_like(scratch)
             scratch_params.append(scratch)
-        scratch_group = {**_hyperparameters(group), "params": scratch_params, "lr": 0.0}
+        scratch_group = {**hyperparameters(group), "params": scratch_params, "lr": 0.0}
         scratch_optimizer = optimizer_cls([scratch_group], **self.optimizer_kwargs)
         scratch_optimizer.step()
         return [scratch_optimizer.state.get(s, {}) for s in scratch_params]
@@ -510,72 +434,20 @@ class PhasedOptimizersContainer(OptimizersContainer):
 
     # --- checkpointing --------------------------------------------------------------------
 
-    def _metadata(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "phase": self.phase,
-            "optimizer": {
-                "class_path": class_path_of(self.optimizer_cls),
-                "init_args": self.optimizer_kwargs,
-            },
-            "param_groups": [_hyperparameters(g) for g in self.optimizers[0].param_groups],
-        }
+    def _layout(self) -> OptimizerLayout:
+        return OptimizerLayout(self.model_parts, self.optimizers, self._fqns)
 
     def state_dict(self) -> dict[str, Any]:
         self._create_placeholder_state()
-        state_dict: dict[str, Any] = {}
-        for model, opt in zip(self.model_parts, self.optimizers):
-            # DCP refuses an optimizer without params (a part still frozen, e.g. a pipeline
-            # stage before its phase); it has nothing to save.
-            if any(g["params"] for g in opt.param_groups):
-                state_dict.update(get_optimizer_state_dict(model, opt, options=_FLAT_OPTIM))
-        state_dict[METADATA_KEY] = encode_state(self._metadata())
-        for opt, fqns in zip(self.optimizers, self._fqns):
-            for group in opt.param_groups:
-                for param in group["params"]:
-                    state_dict[PLACEHOLDER_KEY_PREFIX + fqns[param]] = (
-                        param in self._placeholder_params
-                    )
-        return state_dict
-
-    def _check_saved(self, saved: dict[str, Any]) -> None:
-        saved_phase = saved["phase"]
-        saved_cls = saved["optimizer"]["class_path"]
-        live_cls = class_path_of(self.optimizer_cls)
-        if saved_phase != self.phase:
-            raise PhaseMismatchError(
-                f"optimizer state was saved in phase {saved_phase} ({saved_cls}) but the live "
-                f"optimizer is in phase {self.phase} ({live_cls}). Rebuild to phase {saved_phase} "
-                "before loading (freeze to phase 0, build, then add_phase for each phase up to "
-                f"{saved_phase}); read_checkpoint_phase() reads a checkpoint's phase"
-            )
-        if saved_cls != live_cls:
-            raise PhaseMismatchError(
-                f"optimizer state was saved in phase {saved_phase} with {saved_cls} but the live "
-                f"optimizer in phase {self.phase} is {live_cls}; the schedule's optimizer reinits "
-                "must be the same as when the checkpoint was saved"
-            )
-
-    def _check_param_phases(self, state_dict: dict[str, Any]) -> None:
-        problems = []
-        for opt, fqns in zip(self.optimizers, self._fqns):
-            for group in opt.param_groups:
-                for param in group["params"]:
-                    saved = state_dict.get(f"param_groups.{fqns[param]}.{PHASE_KEY}")
-                    if saved != group[PHASE_KEY]:
-                        problems.append(
-                            f"{fqns[param]}: saved in phase {saved}, live phase {group[PHASE_KEY]}"
-                        )
-        if problems:
-            raise PhaseMismatchError(
-                f"the phase {self.phase} checkpoint assigns parameters to other phases than the "
-                "live schedule (was the schedule changed?):\n  " + "\n  ".join(problems[:20])
-            )
+        metadata = optimizer_metadata(
+            self.phase, class_path_of(self.optimizer_cls), self.optimizer_kwargs,
+            self.optimizers[0].param_groups,
+        )
+        return optimizer_state_dict(self._layout(), metadata, self._placeholder_params)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = decode_metadata(state_dict, "optimizer", type(self).__name__, self.phase)
-        self._check_saved(saved)
-        self._check_param_phases(state_dict)
+        check_optimizer_metadata(saved, self.phase, class_path_of(self.optimizer_cls))
         if saved["optimizer"]["init_args"] != self.optimizer_kwargs:
             logger.warning(
                 "Optimizer init args differ from the checkpoint's (saved %s, live %s): the saved "
@@ -583,64 +455,16 @@ class PhasedOptimizersContainer(OptimizersContainer):
                 saved["optimizer"]["init_args"],
                 self.optimizer_kwargs,
             )
-        # DCP unflattens only the state keys each param already has; placeholders supply them.
         self._create_placeholder_state()
-        for model, opt in zip(self.model_parts, self.optimizers):
-            # DCP's unflatten reads a group's hyperparameters from its first param, so it
-            # fails on empty groups: load without them, then put them back in place.
-            empty = [(i, g) for i, g in enumerate(opt.param_groups) if not g["params"]]
-            if len(empty) < len(opt.param_groups):
-                opt.param_groups = [g for g in opt.param_groups if g["params"]]
-                try:
-                    set_optimizer_state_dict(
-                        model, opt, optim_state_dict=state_dict, options=_FLAT_OPTIM
-                    )
-                finally:
-                    groups = list(opt.param_groups)
-                    for index, group in empty:
-                        groups.insert(index, group)
-                    opt.param_groups = groups
-            for group, hyperparameters in zip(opt.param_groups, saved["param_groups"], strict=True):
-                group.update(hyperparameters)
-        self._placeholder_params = {
-            param
-            for opt, fqns in zip(self.optimizers, self._fqns)
-            for group in opt.param_groups
-            for param in group["params"]
-            if state_dict[PLACEHOLDER_KEY_PREFIX + fqns[param]]
-        }
+        self._placeholder_params = load_optimizer_state_dict(
+            self._layout(), state_dict, saved, self.phase
+        )
 
     def verify_checkpoint(
         self, checkpoint_id: str | os.PathLike, key: str = OPTIMIZER_KEY
     ) -> None:
-        """Raise :class:`PhaseMismatchError` unless checkpoint ``checkpoint_id`` fits the optimizer.
-
-        Compares the saved phase, optimizer class and optimized parameters (those of this
-        rank's model parts) with the live ones, reading only metadata. Call before
-        ``CheckpointManager.load``: a checkpoint from an earlier phase (or one optimizing more
-        params) otherwise fails inside DCP with "Missing key" (``CheckpointException``), and one
-        optimizing fewer params would load with their state silently dropped.
-        """
-        saved = read_optimizer_metadata(checkpoint_id, key)
-        self._check_saved(saved)
-        prefix, suffix = f"{key}.param_groups.", f".{PHASE_KEY}"
-        saved_fqns = {
-            name[len(prefix) : -len(suffix)]
-            for name in entry_names(checkpoint_id)
-            if name.startswith(prefix) and name.endswith(suffix)
-        }
-        live_fqns = {
-            fqns[param]
-            for opt, fqns in zip(self.optimizers, self._fqns)
-            for group in opt.param_groups
-            for param in group["params"]
-        }
-        part_fqns = {fqn for fqns in self._fqns for fqn in fqns.values()}
-        missing = sorted(live_fqns - saved_fqns)
-        extra = sorted((saved_fqns & part_fqns) - live_fqns)
-        if missing or extra:
-            raise PhaseMismatchError(
-                f"checkpoint {checkpoint_id} (phase {saved['phase']}) optimizes other parameters "
-                f"than the live optimizer (phase {self.phase}; was the schedule changed?): "
-                f"not in the checkpoint: {missing[:20]}; only in the checkpoint: {extra[:20]}"
-            )
+        """Raise :class:`PhaseMismatchError` unless checkpoint ``checkpoint_id`` fits the optimizer
+        (:func:`~titan_phases.components.checkpointing.format.verify_optimizer_checkpoint`)."""
+        verify_optimizer_checkpoint(
+            checkpoint_id, self._layout(), self.phase, class_path_of(self.optimizer_cls), key
+        )

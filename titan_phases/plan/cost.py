@@ -41,11 +41,10 @@ from torch.optim import Optimizer
 from torchtitan.config import JobConfig
 from torchtitan.protocols.train_spec import get_train_spec
 
-from titan_phases.components.optimizer import optimizer_from_config
 from titan_phases.plan.flops import attention_flops, ideal_phase_ratio
 from titan_phases.plan.layout import parallel_dims_for, param_layouts, ParamLayout
-from titan_phases.schedule.classes import import_class_path, OPTIMIZER_MODULE
-from titan_phases.schedule.resolve import ResolvedSchedule
+from titan_phases.schedule.classes import import_class_path, optimizer_from_config, OPTIMIZER_MODULE
+from titan_phases.schedule.resolve import attach_schedule, ResolvedSchedule
 
 __all__ = ["PhaseCost", "Plan", "RankMemory", "build_plan", "render_plan", "state_bytes"]
 
@@ -209,6 +208,7 @@ def build_plan(
 
     Raises MeshError as :func:`titan_phases.plan.layout.param_layouts` does.
     """
+    attach_schedule(job_config, resolved)  # a phased spec's parallelize_fn freezes to phase 0
     layouts = param_layouts(job_config, world_size)
     train_spec = get_train_spec(job_config.model.name)
     model_args = train_spec.model_args[job_config.model.flavor]

@@ -15,11 +15,12 @@ torchtitan's own dry-run idea (``--comm.mode fake_backend``), done for every ran
   torchtitan, so pipeline rank ``k`` holds global ranks ``k * world_size / pp`` onwards).
 - Model converters (float8, MX) are not applied; they keep parameter names and shapes.
 - Runs only where no process group exists (it creates and destroys the default group).
+- A phased TrainSpec's ``parallelize_fn`` freezes the model to phase 0 of the schedule attached
+  to the job config (:func:`titan_phases.schedule.attach_schedule`): attach it first.
 - Private APIs: ``torch.distributed.tensor._utils._compute_local_shape_and_global_offset``
   (the local shape for another rank's mesh coordinate: the public variant only answers for the
-  calling rank), and the module global ``torchtitan.distributed.parallel_dims.device_type``,
-  set to ``"cpu"`` while the mesh is built: torchtitan builds it on the accelerator type
-  (``"cuda"`` even on machines without one), and FSDP2 would then query that device.
+  calling rank). The mesh is built with torchtitan's device type set to ``"cpu"``
+  (:func:`titan_phases.patches.mesh_device_type`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from unittest import mock
 
 import torch
 import torch.distributed as dist
@@ -37,11 +37,11 @@ import torch.nn as nn
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
 from torchtitan.config import JobConfig, TORCH_DTYPE_MAP
-from torchtitan.distributed import parallel_dims as tt_parallel_dims
 from torchtitan.distributed import ParallelDims
 from torchtitan.protocols.train_spec import get_train_spec
 from torchtitan.tools import utils as tt_utils
 
+from titan_phases import patches
 from titan_phases.schedule.matching import canonical_param_name
 
 __all__ = ["MeshError", "ParamLayout", "param_layouts", "parallel_dims_for"]
@@ -97,7 +97,7 @@ def _fake_world(world_size: int, rank: int = 0) -> Iterator[None]:
         raise RuntimeError("a process group already exists; lay out the mesh before creating one")
     dist.init_process_group("fake", rank=rank, world_size=world_size)
     try:
-        with mock.patch.object(tt_parallel_dims, "device_type", "cpu"):
+        with patches.mesh_device_type("cpu"):
             yield
     finally:
         dist.destroy_process_group()

@@ -2,8 +2,9 @@
 
 torchtitan 0.2.2 assumes an accelerator: with none, ``device_type`` falls back to "cuda" and
 ``Trainer.__init__`` fails in ``set_device``. This module is the one place where titan_phases
-patches torchtitan so the *unchanged* Trainer runs on CPU processes talking over gloo. It does
-nothing when an accelerator is present, so GPU code paths stay stock torchtitan.
+patches torchtitan (through :mod:`titan_phases.patches`) so the *unchanged* Trainer runs on CPU
+processes talking over gloo. It does nothing when an accelerator is present, so GPU code paths
+stay stock torchtitan.
 
 What :func:`activate_if_no_accelerator` switches, and why:
 
@@ -47,6 +48,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from titan_phases import patches
 
 logger = logging.getLogger(__name__)
 
@@ -172,13 +175,9 @@ class _ProfileWithoutMissingActivities(torch.profiler.profile):
 def _cpu_profiling(original: Callable) -> Callable:
     @contextlib.contextmanager
     def maybe_enable_profiling(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        saved = torch.profiler.profile
-        torch.profiler.profile = _ProfileWithoutMissingActivities
-        try:
+        with patches.profiler_class(_ProfileWithoutMissingActivities):
             context = original(*args, **kwargs)
             value = context.__enter__()
-        finally:
-            torch.profiler.profile = saved
         try:
             yield value
         except BaseException:
@@ -199,7 +198,6 @@ def integer_histc(histc: Callable[..., torch.Tensor]) -> Callable[..., torch.Ten
             return histc(input.float(), *args, **kwargs).to(input.dtype)
         return histc(input, *args, **kwargs)
 
-    wrapped.integer_histc = True  # type: ignore[attr-defined]
     return wrapped
 
 
@@ -218,69 +216,41 @@ def _with_gloo_reductions(parallelize_fn: Callable[..., nn.Module]) -> Callable[
     def parallelize(model: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
         return use_gloo_reductions(parallelize_fn(model, *args, **kwargs))
 
-    parallelize.gloo_reductions = True  # type: ignore[attr-defined]
     return parallelize
 
 
-def _spec_with_gloo_reductions(get_train_spec: Callable) -> Callable:
+def _specs_with_gloo_reductions(get_train_spec: Callable) -> Callable:
+    # The registry hands out the same spec object every time: wrap its parallelize_fn once.
+    wrapped_fns: set[Callable] = set()
+
     @functools.wraps(get_train_spec)
     def wrapped(name: str) -> Any:
         spec = get_train_spec(name)
-        if not getattr(spec.parallelize_fn, "gloo_reductions", False):
+        if spec.parallelize_fn not in wrapped_fns:
             spec.parallelize_fn = _with_gloo_reductions(spec.parallelize_fn)
+            wrapped_fns.add(spec.parallelize_fn)
         return spec
 
     return wrapped
 
 
-_active = False
-
-
 def activate_if_no_accelerator() -> bool:
     """Switch torchtitan to the CPU/gloo runtime unless an accelerator is present.
 
-    Idempotent. Returns True when the CPU runtime is (now) active.
+    Idempotent. Returns True when the CPU runtime is (now) active. The patches it installs are
+    :mod:`titan_phases.patches`.
     """
-    global _active
-    if _active:
-        return True
     if accelerator_available():
         return False
-
     import torchtitan.tools.utils as tt_utils
 
-    cuda_device_module = tt_utils.device_module
-    cuda_device_type = tt_utils.device_type
-    cpu_module = CPUDeviceModule()
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("torchtitan") or module is None:
-            continue
-        if getattr(module, "device_type", None) == cuda_device_type:
-            module.device_type = "cpu"
-        if getattr(module, "device_module", None) is cuda_device_module:
-            module.device_module = cpu_module
-
-    tt_utils.get_peak_flops = lambda device_name: measured_cpu_peak_flops()
-    if not getattr(torch.histc, "integer_histc", False):
-        torch.histc = integer_histc(torch.histc)
-    import torchtitan.models.moe.utils as tt_moe_utils
-
-    tt_moe_utils.generate_permute_indices = _permute_indices_on_cpu(
-        tt_moe_utils.generate_permute_indices
-    )
-
-    import torchtitan.tools.profiling as tt_profiling
-
-    tt_profiling.maybe_enable_profiling = _cpu_profiling(tt_profiling.maybe_enable_profiling)
-    train_module = sys.modules.get("torchtitan.train")
-    if train_module is not None:
-        train_module.maybe_enable_profiling = tt_profiling.maybe_enable_profiling
-
-    import torchtitan.protocols.train_spec as tt_train_spec
-
-    tt_train_spec.get_train_spec = _spec_with_gloo_reductions(tt_train_spec.get_train_spec)
-
+    if tt_utils.device_type != "cpu":
+        patches.set_torchtitan_device("cpu", CPUDeviceModule())
+        logger.info("No accelerator found: running torchtitan on CPU with gloo")
+    patches.install_get_peak_flops(measured_cpu_peak_flops)
+    patches.install_histc(integer_histc)
+    patches.install_permute_indices(_permute_indices_on_cpu)
+    patches.install_maybe_enable_profiling(_cpu_profiling)
+    patches.install_get_train_spec(_specs_with_gloo_reductions)
     os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
-    _active = True
-    logger.info("No accelerator found: running torchtitan on CPU with gloo")
     return True

@@ -16,6 +16,7 @@ import difflib
 import functools
 import importlib
 import inspect
+import logging
 import typing
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,8 @@ import torch
 from torch.optim import lr_scheduler as lrs
 
 from titan_phases.config.typecheck import describe, fits
+
+logger = logging.getLogger(__name__)
 
 # FTS's tested list: each steps with the optimizer and accepts param groups added later.
 SUPPORTED_LR_SCHEDULERS: tuple[type, ...] = (
@@ -99,6 +102,49 @@ def import_class_path(
 ) -> type:
     """:func:`import_class` for a dotted path or a bare name from ``default_module``."""
     return import_class(qualified_class_path(path, default_module), base, kind)
+
+
+def optimizer_from_config(config: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """Optimizer class and constructor kwargs for torchtitan's ``[optimizer]`` section
+    (``torchtitan.config.Optimizer``).
+
+    ``name`` is ``Adam``/``AdamW`` as in torchtitan, any other ``torch.optim`` class name, or a
+    dotted class path. The section's fields are passed where the class accepts them (for Adam
+    and AdamW exactly the kwargs torchtitan's ``build_optimizers`` passes); fields the class
+    has no argument for (e.g. ``beta1`` for SGD) are ignored with an INFO message.
+    """
+    optimizer_cls = import_class_path(
+        config.name, torch.optim.Optimizer, OPTIMIZER_MODULE, "an optimizer"
+    )
+    accepted = inspect.signature(optimizer_cls.__init__).parameters
+    fields = {
+        "lr": ("lr", config.lr),
+        "betas": ("beta1, beta2", (config.beta1, config.beta2)),
+        "eps": ("eps", config.eps),
+        "weight_decay": ("weight_decay", config.weight_decay),
+    }
+    kwargs = {arg: value for arg, (_, value) in fields.items() if arg in accepted}
+    ignored = [field for arg, (field, _) in fields.items() if arg not in accepted]
+    if ignored:
+        logger.info(
+            "optimizer.%s: not arguments of %s, ignored", ", ".join(ignored), optimizer_cls.__name__
+        )
+
+    implementation = config.implementation
+    if implementation == "for-loop":
+        kwargs.update({flag: False for flag in ("fused", "foreach") if flag in accepted})
+    else:
+        if implementation not in accepted:
+            raise ValueError(
+                f"optimizer.implementation = '{implementation}', but {optimizer_cls.__name__} "
+                f"has no {implementation} implementation; set --optimizer.implementation to one "
+                f"of {[i for i in ('fused', 'foreach') if i in accepted] + ['for-loop']}"
+            )
+        other = "foreach" if implementation == "fused" else "fused"
+        kwargs[implementation] = True
+        if other in accepted:
+            kwargs[other] = False
+    return optimizer_cls, kwargs
 
 
 def _lambda_from_spec(spec: Any) -> Any:

@@ -14,7 +14,7 @@ import logging
 
 import torch
 from torchtitan.config import JobConfig
-from torchtitan.protocols.train_spec import get_train_spec
+from torchtitan.protocols.train_spec import get_train_spec, TrainSpec
 
 from .errors import Problem, ScheduleError
 from .matching import canonical_param_name
@@ -22,12 +22,12 @@ from .matching import canonical_param_name
 logger = logging.getLogger(__name__)
 
 
-def meta_model(job_config: JobConfig, source: str = "job config") -> torch.nn.Module:
-    """The job's model built on the meta device, as torchtitan's Trainer would build it.
+def train_spec_of(job_config: JobConfig, source: str = "job config") -> TrainSpec:
+    """The job's TrainSpec, as torchtitan's Trainer finds it: ``[experimental] custom_import``
+    is imported first, so that TrainSpecs it registers are found.
 
-    Imports ``[experimental] custom_import`` first, as the Trainer does, so that TrainSpecs it
-    registers are found. Raises ScheduleError for a custom import that fails, or an unknown
-    model name or flavor.
+    The one place that imports the job's custom module and reports its failure. Raises
+    ScheduleError for a custom import that fails or an unknown model name.
     """
     custom_import = job_config.experimental.custom_import
     if custom_import:
@@ -40,15 +40,23 @@ def meta_model(job_config: JobConfig, source: str = "job config") -> torch.nn.Mo
                 "name an importable module (a dotted name, relative to the working directory "
                 "or installed), or leave it empty",
             )]) from None
-    name, flavor = job_config.model.name, job_config.model.flavor
     try:
-        train_spec = get_train_spec(name)
+        return get_train_spec(job_config.model.name)
     except ValueError as e:
         raise ScheduleError([Problem(
             source, None, "model.name", str(e),
             "use a registered model, or register it first (experimental.custom_import; "
             "titan_phases.train_spec.register_train_specs() for the *_phases models)",
         )]) from None
+
+
+def meta_model(job_config: JobConfig, source: str = "job config") -> torch.nn.Module:
+    """The job's model built on the meta device, as torchtitan's Trainer would build it.
+
+    Raises ScheduleError as :func:`train_spec_of` does, or for an unknown flavor.
+    """
+    train_spec = train_spec_of(job_config, source)
+    name, flavor = job_config.model.name, job_config.model.flavor
     if flavor not in train_spec.model_args:
         raise ScheduleError([Problem(
             source, None, "model.flavor", f"{name} has no flavor {flavor!r}",

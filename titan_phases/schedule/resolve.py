@@ -3,6 +3,10 @@
 :func:`load_and_validate` is deterministic and needs no process group or accelerator (the model
 is built on the meta device), so every rank calls it before ``torch.distributed`` is set up and
 gets the same :class:`ResolvedSchedule`, or the same :class:`ScheduleError`.
+
+A process resolves its job's schedule once and hands it on with the job config
+(:func:`attach_schedule`): torchtitan passes the job config, and nothing else of the job, to the
+TrainSpec builders, which read the schedule back with :func:`attached_schedule`.
 """
 
 from __future__ import annotations
@@ -357,6 +361,7 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
         problems.warn(source, None, "params",
                       f"{len(in_no_phase)} parameter(s) are in no phase and stay frozen: "
                       + ", ".join(in_no_phase[:5]) + (" ..." if len(in_no_phase) > 5 else ""))
+    logger.info("Resolved the phase schedule: %d phase(s), %s", n_running, schedule.source)
     return ResolvedSchedule(
         phases=schedule.phases[:n_running],
         source=schedule.source,
@@ -371,3 +376,29 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
         apply_lambdas_new_pgs=cfg.apply_lambdas_new_pgs,
         warnings=tuple(problems.warnings),
     )
+
+
+_ATTACHED = "titan_phases_schedule"
+"""The job config's attribute holding its resolved schedule (not a config field: no flag, no
+TOML key)."""
+
+
+def attach_schedule(job_config: JobConfig, resolved: ResolvedSchedule) -> None:
+    """Hand ``resolved`` on with ``job_config``, for :func:`attached_schedule`."""
+    setattr(job_config, _ATTACHED, resolved)
+
+
+def attached_schedule(job_config: JobConfig) -> ResolvedSchedule:
+    """The schedule :func:`attach_schedule` handed on with ``job_config``.
+
+    Raises RuntimeError when there is none: a phased TrainSpec's builders run under
+    :class:`~titan_phases.trainer.PhasedTrainer`, which attaches the schedule it resolved.
+    """
+    resolved = getattr(job_config, _ATTACHED, None)
+    if resolved is None:
+        raise RuntimeError(
+            "this job config carries no resolved phase schedule: run phased TrainSpecs with "
+            "titan_phases.trainer.PhasedTrainer, or attach one first with "
+            "titan_phases.schedule.attach_schedule(job_config, load_and_validate(job_config))"
+        )
+    return resolved

@@ -1,7 +1,8 @@
 """Integrity records of DCP checkpoints, their verification and the choice of what to load.
 
-Single-process tests save real DCP checkpoints with ``no_dist``; one two-rank test runs
-torchtitan's CheckpointManager in async mode with ``keep_latest_k`` on an FSDP2 model.
+Single-process tests save real DCP checkpoints with ``no_dist``. Records of saves by
+torchtitan's CheckpointManager are tested with the adapter that writes them
+(``test_manager.py``).
 """
 
 from __future__ import annotations
@@ -16,20 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from tests.dist import run_ranks
 from titan_phases.components.checkpointing import integrity as checkpoint_integrity
 from titan_phases.components.checkpointing.integrity import (
     CheckpointLoadError,
     choose_checkpoint,
-    IntegrityRecorder,
     record_path,
-    RECORD_PREFIX,
     record_when_done,
     verify,
-    verify_on_ranks,
     write_record,
 )
 
@@ -57,7 +53,7 @@ def _truncate(path: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
 
 
-def _flip_64_bytes(path: Path) -> None:
+def flip_64_bytes(path: Path) -> None:
     with open(path, "r+b") as f:
         f.seek(path.stat().st_size // 2)
         chunk = f.read(64)
@@ -87,7 +83,7 @@ def test_a_truncated_distcp_file_is_named(tmp_path: Path):
 
 def test_64_flipped_bytes_load_silently_but_do_not_verify(tmp_path: Path):
     checkpoint = _save(tmp_path / "step-1")
-    _flip_64_bytes(checkpoint / DATA)
+    flip_64_bytes(checkpoint / DATA)
     loaded = _state(0.0)
     dcp.load(loaded, checkpoint_id=checkpoint, no_dist=True)
     assert not torch.equal(loaded["model"]["w"], _state()["model"]["w"]) or not torch.equal(
@@ -108,7 +104,7 @@ def test_a_truncated_file_fails_even_the_size_check(tmp_path: Path):
 
 def test_damaged_metadata_and_missing_files_are_named(tmp_path: Path):
     checkpoint = _save(tmp_path / "step-1")
-    _flip_64_bytes(checkpoint / ".metadata")
+    flip_64_bytes(checkpoint / ".metadata")
     (checkpoint / DATA).unlink()
     problems = verify(checkpoint)
     assert f"{checkpoint / DATA}: missing" in problems
@@ -172,7 +168,7 @@ def test_the_newest_intact_checkpoint_is_loaded_and_the_damaged_one_named(
 ):
     _save(tmp_path / "step-10")
     damaged = _save(tmp_path / "step-20", 2.0)
-    _flip_64_bytes(damaged / DATA)
+    flip_64_bytes(damaged / DATA)
     with caplog.at_level(logging.WARNING):
         choice = choose_checkpoint(tmp_path)
     assert (choice.step, choice.path, choice.fresh_start) == (10, str(tmp_path / "step-10"), False)
@@ -194,7 +190,7 @@ def test_none_intact_is_an_error_naming_the_files(tmp_path: Path):
 def test_a_damaged_load_step_is_an_error_naming_the_newest_intact_one(tmp_path: Path):
     _save(tmp_path / "step-10")
     _save(tmp_path / "step-20")
-    _flip_64_bytes(_save(tmp_path / "step-30") / DATA)
+    flip_64_bytes(_save(tmp_path / "step-30") / DATA)
     with pytest.raises(CheckpointLoadError) as error:
         choose_checkpoint(tmp_path, load_step=30)
     message = str(error.value)
@@ -293,89 +289,3 @@ def test_a_record_that_cannot_be_written_is_a_warning(
         record_when_done(save_future, checkpoint).result(timeout=30)
     assert f"No integrity record of {checkpoint}: [Errno 28] No space left" in caplog.text
     assert not record_path(checkpoint, 0).exists()
-
-
-class _Counter:
-    """A Stateful standing in for the optimizer and LR scheduler containers."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def state_dict(self) -> dict:
-        return {"count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.count = state["count"]
-
-
-def _async_saves_with_keep_latest_k(rank: int, world_size: int, root: str) -> dict:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    from torchtitan.components.checkpoint import CheckpointManager
-    from torchtitan.config.job_config import Checkpoint
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
-    fully_shard(model, mesh=init_device_mesh("cpu", (world_size,)))
-    config = Checkpoint(
-        enable=True, interval=1, async_mode="async", keep_latest_k=2, last_save_model_only=False
-    )
-    checkpointer = CheckpointManager(
-        dataloader=_Counter(),
-        model_parts=[model],
-        optimizers=_Counter(),
-        lr_schedulers=_Counter(),
-        states={},
-        checkpoint_config=config,
-        sd_adapter=None,
-        base_folder=root,
-    )
-    recorder = IntegrityRecorder(checkpointer)
-    for step in range(1, 7):
-        with torch.no_grad():
-            for param in model.parameters():
-                param.add_(1.0)
-        # Steps 1-5 are saved asynchronously, each followed by a purge; the last step
-        # synchronously, without a purge.
-        recorder.save(step, last_step=step == 6)
-    recorder.wait()
-    checkpointer.close()  # joins the purge thread
-    dist.barrier()
-    folder = Path(checkpointer.folder)
-    kept = sorted(os.listdir(folder))
-    result = {
-        "kept": kept,
-        "records": {
-            name: sorted(p.name for p in (folder / name).glob(f"{RECORD_PREFIX}*")) for name in kept
-        },
-        "data": sorted(p.name for p in (folder / "step-6").glob("*.distcp")),
-        "problems": {name: verify_on_ranks(folder / name) for name in kept},
-    }
-    dist.barrier()
-    if rank == 0:
-        _flip_64_bytes(folder / "step-6" / "__1_0.distcp")
-    dist.barrier()
-    result["damaged"] = verify_on_ranks(folder / "step-6")
-    choice = choose_checkpoint(folder, -1, verify_on_ranks)
-    result["choice"] = (choice.step, [(s.step, s.reason) for s in choice.skipped])
-    return result
-
-
-@pytest.mark.e2e
-def test_async_saves_on_two_ranks_with_keep_latest_k_are_recorded(tmp_path: Path):
-    results = run_ranks(_async_saves_with_keep_latest_k, 2, str(tmp_path))
-    assert results[0] == results[1]
-    result = results[0]
-    # The purge after step 5 keeps steps 4 and 5, and step 3 too if step 5's async save had
-    # not created its folder yet.
-    kept = result["kept"]
-    assert kept[-3:] == ["step-4", "step-5", "step-6"] and len(kept) <= 4 and "step-2" not in kept
-    records = [f"{RECORD_PREFIX}0.json", f"{RECORD_PREFIX}1.json"]
-    assert result["records"] == {name: records for name in kept}
-    assert result["data"] == ["__0_0.distcp", "__1_0.distcp"]
-    assert result["problems"] == {name: [] for name in kept}
-    damaged_file = str(tmp_path / "checkpoint" / "step-6" / "__1_0.distcp")
-    (problem,) = result["damaged"]
-    assert problem.startswith(f"{damaged_file}: contents changed")
-    step, skipped = result["choice"]
-    assert step == 5 and skipped == [(6, f"damaged: {problem}")]

@@ -1,4 +1,5 @@
-"""The resume sequence, on real DCP checkpoints and without a process group."""
+"""Resuming: rebuilding to a checkpoint and whether a job can continue it, on real DCP
+checkpoints and without a process group."""
 
 from __future__ import annotations
 
@@ -12,12 +13,9 @@ import torch.distributed.checkpoint as dcp
 from titan_phases.components.checkpointing.format import PhaseMismatchError, PHASES_KEY
 from titan_phases.components.checkpointing.integrity import verify
 from titan_phases.components.checkpointing.resume import (
-    checkpoint_to_load,
-    exclude_dataloader_if_resharded,
     initial_weights_problem,
     rebuild_to_checkpoint,
     resume_report,
-    save_full_checkpoint,
 )
 from titan_phases.components.phase_controller import (
     PhaseController,
@@ -86,20 +84,6 @@ def test_an_optimizer_that_does_not_fit_is_refused_with_its_reason(tmp_path: Pat
         rebuild_to_checkpoint(checkpoint, _controller(), lambda phase: None, verify)
 
 
-def test_the_checkpoint_to_load_is_the_newest_complete_one(tmp_path: Path):
-    _save(tmp_path / "step-3", _in_phase_2())
-    (tmp_path / "step-7").mkdir()  # torn: no .metadata
-    checkpointer = SimpleNamespace(enable=True, folder=str(tmp_path))
-    choice = checkpoint_to_load(checkpointer, -1, verify=verify)
-    assert choice.step == 3 and choice.path == str(tmp_path / "step-3")
-    assert [s.step for s in choice.skipped] == [7]
-    assert checkpoint_to_load(SimpleNamespace(enable=False, folder=str(tmp_path)), -1) is None
-    fresh = checkpoint_to_load(
-        SimpleNamespace(enable=True, folder=str(tmp_path / "none")), -1, verify=verify
-    )
-    assert fresh.fresh_start
-
-
 def _checkpoint_config(initial_load_path: str = "", load_step: int = -1) -> SimpleNamespace:
     return SimpleNamespace(
         initial_load_path=initial_load_path, initial_load_in_hf=False, load_step=load_step
@@ -146,48 +130,3 @@ def test_resume_report_refuses_a_checkpoint_of_another_model(tmp_path: Path):
         _checkpoint_config(), str(tmp_path), _controller(), verify, {"model.w": (2,)}
     )
     assert problem is None and resumes.endswith("phase 2 after step 5")
-
-
-class _Checkpointer:
-    """What save_full_checkpoint uses of torchtitan's CheckpointManager."""
-
-    def __init__(self, folder: Path) -> None:
-        self.enable, self.folder, self.last_save_model_only = True, folder, True
-        self.saved: list[tuple[int, bool, bool]] = []
-
-    def _create_checkpoint_id(self, step: int) -> str:
-        return str(self.folder / f"step-{step}")
-
-    def save(self, step: int, last_step: bool = False) -> None:
-        self.saved.append((step, last_step, self.last_save_model_only))
-        _save(Path(self._create_checkpoint_id(step)), None)
-
-
-def test_a_full_save_redoes_a_step_whose_folder_is_torn(tmp_path: Path):
-    checkpointer = _Checkpointer(tmp_path)
-    (tmp_path / "step-6").mkdir()
-    (tmp_path / "step-6" / "__0_0.distcp").write_bytes(b"torn")
-    assert save_full_checkpoint(checkpointer, [], 6) == str(tmp_path / "step-6")
-    assert checkpointer.saved == [(6, True, False)]
-    assert checkpointer.last_save_model_only is True
-    assert save_full_checkpoint(checkpointer, [], 6) == str(tmp_path / "step-6")
-    assert checkpointer.saved == [(6, True, False)]  # complete now: not saved twice
-
-
-def test_the_dataloader_is_left_out_only_when_the_data_parallel_ranks_changed(tmp_path: Path):
-    saved = tmp_path / "step-6"
-    state = {"dataloader": {f"dp_rank_{r}": {"sample": torch.tensor(r)} for r in range(2)}}
-    dcp.save(state, checkpoint_id=saved, no_dist=True)
-
-    def checkpointer(*excluded: str) -> SimpleNamespace:
-        return SimpleNamespace(exclude_from_loading=list(excluded))
-
-    same = checkpointer()
-    assert exclude_dataloader_if_resharded(same, str(saved), 2) is None
-    assert same.exclude_from_loading == []
-    fewer = checkpointer("lr_scheduler")
-    assert exclude_dataloader_if_resharded(fewer, str(saved), 1) == 2
-    assert fewer.exclude_from_loading == ["lr_scheduler", "dataloader"]
-    explicit = checkpointer("dataloader")
-    assert exclude_dataloader_if_resharded(explicit, str(saved), 1) is None
-    assert explicit.exclude_from_loading == ["dataloader"]

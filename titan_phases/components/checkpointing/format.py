@@ -5,7 +5,10 @@ Three Stateful objects put titan_phases' own entries into torchtitan's checkpoin
 * the phase controller under :data:`PHASES_KEY` (``phases.phase`` plus a JSON record);
 * the optimizer container under torchtitan's ``"optimizer"`` key: DCP's flattened optimizer
   state plus :data:`METADATA_KEY` (phase, optimizer class, every group's hyperparameters) and
-  one :data:`PLACEHOLDER_KEY_PREFIX` flag per optimized parameter;
+  one :data:`PLACEHOLDER_KEY_PREFIX` flag per optimized parameter. The container's
+  ``state_dict``, ``load_state_dict`` and ``verify_checkpoint`` are the functions of this
+  module that take an :class:`OptimizerLayout` (:func:`optimizer_state_dict`,
+  :func:`load_optimizer_state_dict`, :func:`verify_optimizer_checkpoint`);
 * the LR scheduler container under ``"lr_scheduler"``: only :data:`METADATA_KEY`.
 
 Metadata is one JSON string per key, so DCP saves it as a single opaque value: its key set never
@@ -17,9 +20,12 @@ Before torchtitan loads a checkpoint the trainer needs the saved phase and the o
 metadata to rebuild the live structure to match. Those entries are a few bytes, so every rank
 reads them itself (DCP's ``no_dist``) rather than in a collective.
 
-**Limitations**
+**Limitations** (private torch API this module relies on; check on upgrades)
 Readers use ``dcp.FileSystemReader``: checkpoints on other storage (e.g. object stores through a
 custom ``StorageReader``) cannot be inspected before loading.
+``torch.distributed.checkpoint.state_dict._get_fqns``: DCP's parameter-name canonicalisation
+(it strips activation-checkpoint and torch.compile wrapper prefixes), so per-parameter keys
+match DCP's optimizer keys (:func:`param_fqns`).
 """
 
 from __future__ import annotations
@@ -28,21 +34,40 @@ import json
 import os
 import warnings
 from collections import Counter
-from collections.abc import KeysView, Mapping, Sequence
+from collections.abc import Iterator, KeysView, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.distributed.checkpoint as dcp
+import torch.nn as nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import (
+    _get_fqns,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+    StateDictOptions,
+)
+from torch.optim import Optimizer
 
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_KEY",
     "OPTIMIZER_KEY",
     "PHASES_KEY",
+    "PHASE_KEY",
     "PLACEHOLDER_KEY_PREFIX",
+    "OptimizerLayout",
     "PhaseMismatchError",
     "check_format_version",
+    "check_optimizer_metadata",
+    "hyperparameters",
+    "load_optimizer_state_dict",
+    "optimizer_metadata",
+    "optimizer_state_dict",
+    "param_fqns",
+    "verify_optimizer_checkpoint",
     "decode_metadata",
     "decode_state",
     "encode_state",
@@ -63,10 +88,16 @@ OPTIMIZER_KEY = "optimizer"
 METADATA_KEY = "titan_phases.meta"
 """State-dict key of a container's own metadata, a JSON string (see :func:`encode_state`)."""
 
+PHASE_KEY = "phase"
+"""Param-group key naming the phase whose params the group holds (group ``i`` has phase ``i``);
+saved per parameter as ``param_groups.<fqn>.phase``."""
+
 PLACEHOLDER_KEY_PREFIX = "titan_phases.placeholder."
 """Prefix of the per-parameter flags (``prefix + FQN``) marking placeholder optimizer state."""
 
 FORMAT_VERSION = 1
+
+_FLAT_OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 class PhaseMismatchError(ValueError):
@@ -221,3 +252,168 @@ def read_saved_phase_state(checkpoint_id: str | os.PathLike) -> dict[str, Any] |
     state = {PHASES_KEY: {"phase": 0, "json": ""}}
     read_entries(state, checkpoint_id)
     return state[PHASES_KEY]
+
+
+# --- the optimizer container's state ---------------------------------------------------------
+
+
+def param_fqns(model: nn.Module) -> dict[torch.Tensor, str]:
+    """Each parameter of ``model`` with its name as DCP's optimizer state dicts spell it."""
+    fqns: dict[torch.Tensor, str] = {}
+    for name, param in model.named_parameters():
+        (fqn,) = _get_fqns(model, name)
+        fqns[param] = fqn
+    return fqns
+
+
+def hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    """A param group without its params."""
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+@dataclass(frozen=True)
+class OptimizerLayout:
+    """What an optimizer container's DCP state is made of: one inner optimizer per model part,
+    and each part's parameters with their DCP names (:func:`param_fqns`)."""
+
+    model_parts: Sequence[nn.Module]
+    optimizers: Sequence[Optimizer]
+    fqns: Sequence[Mapping[torch.Tensor, str]]
+
+    def optimized(self) -> Iterator[tuple[torch.Tensor, str, dict[str, Any]]]:
+        """Every optimized parameter with its DCP name and its param group."""
+        for opt, fqns in zip(self.optimizers, self.fqns):
+            for group in opt.param_groups:
+                for param in group["params"]:
+                    yield param, fqns[param], group
+
+
+def optimizer_metadata(
+    phase: int, class_path: str, init_args: dict[str, Any], groups: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The container metadata saved under :data:`METADATA_KEY`: the phase, the optimizer class
+    and init args, and every group's hyperparameters (DCP alone would give a whole group its
+    first param's values and cannot restore an empty group)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "phase": phase,
+        "optimizer": {"class_path": class_path, "init_args": init_args},
+        "param_groups": [hyperparameters(g) for g in groups],
+    }
+
+
+def optimizer_state_dict(
+    layout: OptimizerLayout, metadata: dict[str, Any], placeholders: set[torch.Tensor]
+) -> dict[str, Any]:
+    """DCP's flattened optimizer state of every part, the metadata, and one flag per optimized
+    parameter saying whether its state is a placeholder."""
+    state_dict: dict[str, Any] = {}
+    for model, opt in zip(layout.model_parts, layout.optimizers):
+        # DCP refuses an optimizer without params (a part still frozen, e.g. a pipeline
+        # stage before its phase); it has nothing to save.
+        if any(g["params"] for g in opt.param_groups):
+            state_dict.update(get_optimizer_state_dict(model, opt, options=_FLAT_OPTIM))
+    state_dict[METADATA_KEY] = encode_state(metadata)
+    for param, fqn, _ in layout.optimized():
+        state_dict[PLACEHOLDER_KEY_PREFIX + fqn] = param in placeholders
+    return state_dict
+
+
+def check_optimizer_metadata(saved: dict[str, Any], phase: int, class_path: str) -> None:
+    """Raise :class:`PhaseMismatchError` unless ``saved`` (:func:`optimizer_metadata`) was
+    written in ``phase`` with the optimizer class ``class_path``."""
+    saved_phase = saved["phase"]
+    saved_cls = saved["optimizer"]["class_path"]
+    if saved_phase != phase:
+        raise PhaseMismatchError(
+            f"optimizer state was saved in phase {saved_phase} ({saved_cls}) but the live "
+            f"optimizer is in phase {phase} ({class_path}). Rebuild to phase {saved_phase} "
+            "before loading (freeze to phase 0, build, then add_phase for each phase up to "
+            f"{saved_phase}); read_checkpoint_phase() reads a checkpoint's phase"
+        )
+    if saved_cls != class_path:
+        raise PhaseMismatchError(
+            f"optimizer state was saved in phase {saved_phase} with {saved_cls} but the live "
+            f"optimizer in phase {phase} is {class_path}; the schedule's optimizer reinits "
+            "must be the same as when the checkpoint was saved"
+        )
+
+
+def _check_param_phases(layout: OptimizerLayout, state_dict: dict[str, Any], phase: int) -> None:
+    problems = [
+        f"{fqn}: saved in phase {saved}, live phase {group[PHASE_KEY]}"
+        for _, fqn, group in layout.optimized()
+        if (saved := state_dict.get(f"param_groups.{fqn}.{PHASE_KEY}")) != group[PHASE_KEY]
+    ]
+    if problems:
+        raise PhaseMismatchError(
+            f"the phase {phase} checkpoint assigns parameters to other phases than the "
+            "live schedule (was the schedule changed?):\n  " + "\n  ".join(problems[:20])
+        )
+
+
+def load_optimizer_state_dict(
+    layout: OptimizerLayout, state_dict: dict[str, Any], saved: dict[str, Any], phase: int
+) -> set[torch.Tensor]:
+    """Load ``state_dict`` into the layout's optimizers; return the params whose loaded state
+    is a placeholder. ``saved`` is its decoded metadata, already checked
+    (:func:`check_optimizer_metadata`). Every optimized param must already have state (real or
+    placeholder): DCP unflattens only the state keys each param has."""
+    _check_param_phases(layout, state_dict, phase)
+    for model, opt in zip(layout.model_parts, layout.optimizers):
+        # DCP's unflatten reads a group's hyperparameters from its first param, so it fails on
+        # empty groups: load without them, then put them back in place.
+        empty = [(i, g) for i, g in enumerate(opt.param_groups) if not g["params"]]
+        if len(empty) < len(opt.param_groups):
+            opt.param_groups = [g for g in opt.param_groups if g["params"]]
+            try:
+                set_optimizer_state_dict(
+                    model, opt, optim_state_dict=state_dict, options=_FLAT_OPTIM
+                )
+            finally:
+                groups = list(opt.param_groups)
+                for index, group in empty:
+                    groups.insert(index, group)
+                opt.param_groups = groups
+        for group, saved_group in zip(opt.param_groups, saved["param_groups"], strict=True):
+            group.update(saved_group)
+    return {
+        param
+        for param, fqn, _ in layout.optimized()
+        if state_dict[PLACEHOLDER_KEY_PREFIX + fqn]
+    }
+
+
+def verify_optimizer_checkpoint(
+    checkpoint_id: str | os.PathLike,
+    layout: OptimizerLayout,
+    phase: int,
+    class_path: str,
+    key: str = OPTIMIZER_KEY,
+) -> None:
+    """Raise :class:`PhaseMismatchError` unless checkpoint ``checkpoint_id`` fits the optimizer.
+
+    Compares the saved phase, optimizer class and optimized parameters (those of this rank's
+    model parts) with the live ones, reading only metadata. Call before loading: a checkpoint
+    from an earlier phase (or one optimizing more params) otherwise fails inside DCP with
+    "Missing key" (``CheckpointException``), and one optimizing fewer params would load with
+    their state silently dropped.
+    """
+    saved = read_optimizer_metadata(checkpoint_id, key)
+    check_optimizer_metadata(saved, phase, class_path)
+    prefix, suffix = f"{key}.param_groups.", f".{PHASE_KEY}"
+    saved_fqns = {
+        name[len(prefix) : -len(suffix)]
+        for name in entry_names(checkpoint_id)
+        if name.startswith(prefix) and name.endswith(suffix)
+    }
+    live_fqns = {fqn for _, fqn, _ in layout.optimized()}
+    part_fqns = {fqn for fqns in layout.fqns for fqn in fqns.values()}
+    missing = sorted(live_fqns - saved_fqns)
+    extra = sorted((saved_fqns & part_fqns) - live_fqns)
+    if missing or extra:
+        raise PhaseMismatchError(
+            f"checkpoint {checkpoint_id} (phase {saved['phase']}) optimizes other parameters "
+            f"than the live optimizer (phase {phase}; was the schedule changed?): "
+            f"not in the checkpoint: {missing[:20]}; only in the checkpoint: {extra[:20]}"
+        )

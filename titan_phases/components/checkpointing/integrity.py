@@ -6,7 +6,8 @@ file makes every rank fail with an EOFError, and flipped bytes load silently. So
 finished a save, every rank writes an *integrity record* into the checkpoint folder, listing
 the size and checksum of each file it wrote, and :func:`verify` checks them before loading.
 
-Saving (:func:`write_record`, :func:`record_when_done`, :class:`IntegrityRecorder`):
+Saving (:func:`write_record`, :func:`record_when_done`; the checkpoint adapter
+:mod:`.manager` records every save):
 
 * Each rank hashes only the files it wrote itself (DCP's FileSystemWriter names them
   ``__<rank>_<i>.distcp``); rank 0, DCP's coordinator, also hashes ``.metadata``. The work is
@@ -16,7 +17,7 @@ Saving (:func:`write_record`, :func:`record_when_done`, :class:`IntegrityRecorde
   (``titan_phases.integrity.rank<r>.json``) atomically (temporary file, fsync, ``os.replace``)
   after the data, so a record exists only for files DCP finished.
 * A save that fails on a full disk stops training with one clear message
-  (:mod:`titan_phases.components.checkpointing.save_failure`); its folder stays incomplete.
+  (:mod:`.save_failure`); its folder stays incomplete.
 * The checksum is xxHash's XXH3 (64 bits; the ``xxhash`` package, which ``datasets`` already
   requires) over a memory map of the file: about 10 GB/s on one core, at least three times
   zlib's crc32 and six times sha1 (``python -m bench.integrity``, BENCHMARKS.md). It detects
@@ -40,14 +41,12 @@ written into the newest folder, which is never the one deleted (torchtitan keeps
 **Limitations** (private APIs this module relies on; check on upgrades)
 DCP's FileSystemWriter file names (``__<rank>_<i>.distcp``, ``.metadata``) and the
 ``relative_path``/``offset``/``length`` fields of its ``_StorageInfo`` entries in
-``Metadata.storage_data``. torchtitan 0.2.2's ``CheckpointManager._should_save`` and
-``_create_checkpoint_id`` tell :class:`IntegrityRecorder` whether and where a save happened.
-Only file-system DCP checkpoints are covered (not HF safetensors exports, not torchft's
-per-replica checkpoints). A rank killed in the milliseconds between DCP's end and its record,
-while re-saving a step folder that already held a checkpoint, leaves the previous save's record
-behind: that checkpoint then reads as damaged and an older one is loaded. Files are hashed
-through a memory map: another process truncating a file while it is hashed kills this one with
-SIGBUS.
+``Metadata.storage_data``. Only file-system DCP checkpoints are covered (not HF safetensors
+exports, not torchft's per-replica checkpoints). A rank killed in the milliseconds between
+DCP's end and its record, while re-saving a step folder that already held a checkpoint, leaves
+the previous save's record behind: that checkpoint then reads as damaged and an older one is
+loaded. Files are hashed through a memory map: another process truncating a file while it is
+hashed kills this one with SIGBUS.
 """
 
 from __future__ import annotations
@@ -61,26 +60,21 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TYPE_CHECKING
+from typing import Any
 
 import torch.distributed as dist
 import xxhash
 from torch.distributed.checkpoint import FileSystemReader
 
-from titan_phases.components.checkpointing.save_failure import reporting_save_failure
-
-if TYPE_CHECKING:
-    from torchtitan.components.checkpoint import CheckpointManager
-
 __all__ = [
     "ALGORITHM",
     "CheckpointLoadError",
-    "IntegrityRecorder",
     "LoadChoice",
     "RECORD_PREFIX",
     "Skipped",
     "choose_checkpoint",
     "is_complete",
+    "record_checkpoint",
     "record_path",
     "record_when_done",
     "verify",
@@ -187,7 +181,8 @@ def write_record(
     return path
 
 
-def _record(checkpoint_dir: str | os.PathLike, rank: int, world_size: int) -> None:
+def record_checkpoint(checkpoint_dir: str | os.PathLike, rank: int, world_size: int) -> None:
+    """:func:`write_record`, logging a warning instead of raising when it cannot be written."""
     try:
         write_record(checkpoint_dir, rank, world_size)
     except OSError as exc:
@@ -211,63 +206,12 @@ def record_when_done(
     def record(done: Future) -> None:
         try:
             if not done.cancelled() and done.exception() is None:
-                _record(checkpoint_dir, rank, world_size)
+                record_checkpoint(checkpoint_dir, rank, world_size)
         finally:
             recorded.set_result(None)
 
     save_future.add_done_callback(record)
     return recorded
-
-
-class IntegrityRecorder:
-    """``CheckpointManager.save`` followed by this rank's integrity record of what it wrote.
-
-    Synchronous saves (including torchtitan's last-step save in async mode) are recorded
-    before :meth:`save` returns; async saves when their ``save_future`` completes (see
-    :func:`record_when_done`). A record that cannot be written (a full disk; a folder
-    ``keep_latest_k`` already deleted) is logged as a warning, never raised: it only leaves the
-    checkpoint unverified.
-    """
-
-    def __init__(self, checkpointer: CheckpointManager) -> None:
-        self._checkpointer = checkpointer
-        self._save = checkpointer.save
-        self._rank = dist.get_rank() if dist.is_initialized() else 0
-        self._world_size = dist.get_world_size() if dist.is_initialized() else 1
-        self._pending: list[Future[None]] = []
-        self._enabled = checkpointer.enable and not checkpointer.enable_ft_dataloader_checkpoints
-        if checkpointer.enable and not self._enabled:
-            logger.warning("torchft checkpoints get no titan_phases integrity record")
-
-    def save(self, curr_step: int, last_step: bool = False) -> None:
-        """Save as ``checkpointer.save(curr_step, last_step)`` does, then record it.
-
-        Raises :class:`~.save_failure.CheckpointSaveFailed` when the
-        save fails for want of space (or any other ``OSError``).
-        """
-        checkpointer = self._checkpointer
-        if not self._enabled or not checkpointer._should_save(curr_step, last_step):
-            self._save(curr_step, last_step)
-            return
-        previous_future = checkpointer.save_future
-        checkpoint_dir = checkpointer._create_checkpoint_id(curr_step)
-        with reporting_save_failure(checkpoint_dir):
-            self._save(curr_step, last_step)
-        future = checkpointer.save_future
-        if future is not None and future is not previous_future:
-            # An earlier record may still be written while this save runs: keep waiting for it.
-            self._pending = [f for f in self._pending if not f.done()]
-            self._pending.append(
-                record_when_done(future, checkpoint_dir, self._rank, self._world_size)
-            )
-        else:
-            _record(checkpoint_dir, self._rank, self._world_size)
-
-    def wait(self) -> None:
-        """Block until the records of all async saves so far are written."""
-        for pending in self._pending:
-            pending.result()
-        self._pending = []
 
 
 def _read_record(path: Path) -> dict[str, Any]:
