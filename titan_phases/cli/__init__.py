@@ -454,7 +454,3 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help of the torchtitan flags (tyro printed it)
         return int(e.code or 0)
     return EXIT_INVALID_INPUT
-
-
-if __name__ == "__main__":
-    sys.exit(main())
