@@ -21,22 +21,22 @@ statements of torchtitan's loop (and the console line of step ``S``).
 
 **Limitations**
 A job runs once into an empty dump folder. Should ``metrics.jsonl`` hold several runs (a resumed
-job appends), the last record of a step or transition wins, as the file's readers are advised.
+job appends), it is read by the file's one rule
+(:func:`titan_phases.components.metrics_file.read_metrics`): the last record of a step or
+transition wins.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bench.analysis import StepRecord
-from titan_phases.components.metrics import METRICS_FILE
+from titan_phases.components.metrics_file import Metrics, METRICS_FILE, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "bench" / "configs" / "job.toml"
@@ -126,8 +126,8 @@ def run(job: Job, dump: Path, tokenizer: Path, nproc: int = 2, timeout: float = 
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text().splitlines()[-30:])
         raise RuntimeError(f"{job.label} failed (exit {proc.returncode}), log {log_path}:\n{tail}")
-    jsonl = read_jsonl(dump)
-    return JobOutput(read_records(dump, jsonl), thaw_rebuild_seconds(jsonl), wall)
+    metrics = job_metrics(dump)
+    return JobOutput(read_records(dump, metrics), thaw_rebuild_seconds(metrics), wall)
 
 
 def _tensorboard_scalars(dump: Path) -> dict[int, dict[str, float]]:
@@ -144,39 +144,30 @@ def _tensorboard_scalars(dump: Path) -> dict[int, dict[str, float]]:
     return scalars
 
 
-def read_jsonl(dump: Path) -> list[dict[str, Any]]:
-    """The records of the job's ``metrics.jsonl`` in file order (none for stock jobs)."""
-    path = dump / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def job_metrics(dump: Path) -> Metrics:
+    """What the job's ``metrics.jsonl`` holds (nothing for stock jobs, which write none)."""
+    return read_metrics(dump) if (dump / METRICS_FILE).exists() else Metrics()
 
 
-def thaw_rebuild_seconds(jsonl: list[dict[str, Any]]) -> dict[int, float]:
+def thaw_rebuild_seconds(metrics: Metrics) -> dict[int, float]:
     """``{phase entered: seconds from step S's train record to the transition after step S}``."""
-    step_logged: dict[int, float] = {}
     result: dict[int, float] = {}
-    for record in jsonl:
-        if record["type"] == "train":
-            step_logged[record["step"]] = record["time"]
-        elif record["type"] == "transition":
-            after_step = record["step"]
-            if after_step not in step_logged:
-                raise ValueError(
-                    f"metrics.jsonl has a transition after step {after_step} but no such step"
-                )
-            result[record["to_phase"]] = record["time"] - step_logged[after_step]
+    for phase, transition in metrics.transitions.items():
+        after_step = transition["step"]
+        if after_step not in metrics.train:
+            raise ValueError(
+                f"metrics.jsonl has a transition after step {after_step} but no such step"
+            )
+        result[phase] = transition["time"] - metrics.train[after_step]["time"]
     return result
 
 
-def read_records(dump: Path, jsonl: list[dict[str, Any]] | None = None) -> list[StepRecord]:
+def read_records(dump: Path, metrics: Metrics | None = None) -> list[StepRecord]:
     """One :class:`StepRecord` per logged step of the job in ``dump``.
 
-    ``jsonl``: the job's ``metrics.jsonl`` records when already read (:func:`read_jsonl`).
+    ``metrics``: the job's ``metrics.jsonl`` when already read (:func:`job_metrics`).
     """
-    if jsonl is None:
-        jsonl = read_jsonl(dump)
-    steps = {r["step"]: r for r in jsonl if r["type"] == "train"}
+    steps = (job_metrics(dump) if metrics is None else metrics).train
     records = []
     for step, scalars in sorted(_tensorboard_scalars(dump).items()):
         if _TIME not in scalars:

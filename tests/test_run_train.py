@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 
 from tests import launches
 from tests.trainer.jobs import measured_state_bytes, model_tensors, planned_state_bytes
+from titan_phases.components.metrics_file import read_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +32,13 @@ def default_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_default_job_passes_through_every_phase_and_learns(default_job: Path):
-    lines = (default_job / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    train = [r for r in records if r["type"] == "train"]
+    metrics = read_metrics(default_job)
+    assert metrics.starts == 1
+    train = list(metrics.train.values())
     assert sorted({r["phase"] for r in train}) == [0, 1, 2]
     assert train[-1]["step"] == 60
     assert train[-1]["loss"] < 0.5 * train[0]["loss"]
-    assert [r for r in records if r["type"] == "validation"]
+    assert metrics.validation
     assert list((default_job / "tb").rglob("events.out.tfevents.*"))
     assert sorted(p.name for p in (default_job / "checkpoint").iterdir()) == [
         "step-20", "step-40", "step-60",
@@ -46,9 +46,7 @@ def test_default_job_passes_through_every_phase_and_learns(default_job: Path):
 
 
 def test_plan_predicts_the_default_jobs_optimizer_state_bytes_exactly(default_job: Path):
-    lines = (default_job / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    measured = measured_state_bytes([r for r in records if r["type"] == "train"])
+    measured = measured_state_bytes(list(read_metrics(default_job).train.values()))
     assert sorted(measured) == [0, 1, 2]
     assert measured == planned_state_bytes(
         2, "--job.config_file", str(REPO / "train_configs" / "debug_model.toml")
@@ -97,10 +95,9 @@ def test_plot_draws_the_default_job_from_its_metrics(default_job: Path, tmp_path
     assert main(["plot", str(default_job), "--out", str(out)]) == 0
     assert matplotlib.image.imread(out).shape[:2] == (900, 1000)
 
-    lines = (default_job / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    train = {r["step"]: r for r in records if r["type"] == "train"}
-    validation = {r["step"]: r["loss"] for r in records if r["type"] == "validation"}
+    metrics = read_metrics(default_job)
+    train = metrics.train
+    validation = {step: r["loss"] for step, r in metrics.validation.items()}
     figure = plot_timeline(read_timeline(default_job / "metrics.jsonl"), "default job")
     drawn = {line.get_label(): line for ax in figure.axes for line in ax.get_lines()}
     steps = sorted(train)

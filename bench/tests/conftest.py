@@ -9,6 +9,7 @@ import pytest
 from bench.analysis import ModelFacts, PhaseExpectation, StepRecord
 from bench.jobs import JobOutput, thaw_rebuild_seconds
 from bench.summary import ModelRuns, summarize
+from titan_phases.components.metrics_file import Metrics
 
 FACTS = ModelFacts(
     total_params=100, n_layers=2, dim=8,
@@ -40,7 +41,7 @@ def _phased(scale: float) -> JobOutput:
                    trainable=40 if s <= 4 else 100)
         for s, t in enumerate(times, start=1)
     ]
-    return JobOutput(records, thaw_rebuild_seconds(JSONL), 10.0)
+    return JobOutput(records, thaw_rebuild_seconds(Metrics.from_records(JSONL)), 10.0)
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.jobs import read_jsonl, thaw_rebuild_seconds
+from bench.jobs import job_metrics, thaw_rebuild_seconds
+from titan_phases.components.metrics_file import Metrics
 
 JSONL = [
     {"type": "run_start", "time": 1795317790.0, "pid": 7},
@@ -21,24 +22,28 @@ JSONL = [
 ]
 
 
+def _metrics(records: list[dict]) -> Metrics:
+    return Metrics.from_records(records)
+
+
 def test_thaw_rebuild_seconds() -> None:
-    seconds = thaw_rebuild_seconds(JSONL)
+    seconds = thaw_rebuild_seconds(_metrics(JSONL))
     assert seconds.keys() == {1, 2}
     assert seconds[1] == pytest.approx(0.004, abs=1e-6)
     assert seconds[2] == pytest.approx(0.075, abs=1e-6)
 
 
 def test_stock_job_has_no_transitions() -> None:
-    assert thaw_rebuild_seconds(JSONL[:2]) == {}
-    assert thaw_rebuild_seconds([]) == {}
+    assert thaw_rebuild_seconds(_metrics(JSONL[:2])) == {}
+    assert thaw_rebuild_seconds(_metrics([])) == {}
 
 
 def test_transition_without_its_step_record() -> None:
     with pytest.raises(ValueError, match="after step 16"):
-        thaw_rebuild_seconds(JSONL[-1:])
+        thaw_rebuild_seconds(_metrics(JSONL[-1:]))
 
 
-def test_read_jsonl(tmp_path: Path) -> None:
-    assert read_jsonl(tmp_path) == []  # stock jobs write no metrics.jsonl
+def test_job_metrics(tmp_path: Path) -> None:
+    assert job_metrics(tmp_path) == Metrics()  # stock jobs write no metrics.jsonl
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in JSONL))
-    assert read_jsonl(tmp_path) == JSONL
+    assert list(job_metrics(tmp_path).records) == JSONL

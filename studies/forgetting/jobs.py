@@ -19,7 +19,6 @@ Every checkpoint is a full one (model, optimizer, LR scheduler, dataloader, phas
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 
 from studies.forgetting.settings import Settings
 from studies.forgetting.strategies import DEFAULT_JOB
-from titan_phases.components.metrics import METRICS_FILE
+from titan_phases.components.metrics_file import read_metrics as read_metrics_file
 from titan_phases.schedule.toml_writer import dumps
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,6 +129,5 @@ def run(args: list[str], log_path: Path, timeout: float = 1200) -> float:
 
 
 def read_metrics(dump: Path) -> list[dict[str, Any]]:
-    """The job's ``metrics.jsonl`` records in file order."""
-    text = (dump / METRICS_FILE).read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """The job's ``metrics.jsonl`` records in file order (a job runs once into its folder)."""
+    return list(read_metrics_file(dump).records)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import torch
 
 from tests.dist import rank_env, REPO, torchrun_command
 from tests.launches import launch
+from titan_phases.components.metrics_file import Metrics, METRICS_FILE, read_metrics
 
 TINY_JOB = REPO / "tests" / "trainer" / "tiny_job.toml"
 
@@ -26,17 +26,13 @@ class JobResult:
     dump: Path
     all_gathers: Path | None = None
 
+    def metrics(self) -> Metrics:
+        """The job's metrics.jsonl, every process start of it."""
+        return read_metrics(self.dump)
+
     def records(self, kind: str = "train") -> list[dict]:
         """metrics.jsonl records of ``kind`` written by the *last* process start."""
-        lines = (self.dump / "metrics.jsonl").read_text().splitlines()
-        runs: list[list[dict]] = []
-        for line in lines:
-            record = json.loads(line)
-            if record["type"] == "run_start":
-                runs.append([])
-            elif record["type"] == kind:
-                runs[-1].append(record)
-        return runs[-1]
+        return self.metrics().since_last_start().of_type(kind)
 
     def losses(self) -> dict[int, float]:
         return {r["step"]: r["loss"] for r in self.records()}
@@ -98,17 +94,6 @@ def _kill_job(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait()
-
-
-def _complete_records(path: Path) -> list[dict]:
-    # The job may be mid-way through writing its last line.
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
 
 
 def run_job(
@@ -189,10 +174,8 @@ def model_tensors(checkpoint: Path, scratch: Path) -> dict[str, torch.Tensor]:
 
 
 def _logged(dump: Path, step: int) -> bool:
-    path = dump / "metrics.jsonl"
-    return path.exists() and any(
-        r["type"] == "train" and r["step"] == step for r in _complete_records(path)
-    )
+    # Read while the job writes: read_metrics leaves out a line being written.
+    return (dump / METRICS_FILE).exists() and step in read_metrics(dump).train
 
 
 def measured_state_bytes(records: list[dict]) -> dict[int, list[int]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from tests.trainer.jobs import checkpoint_state, JobResult, run_job
+from titan_phases.components.metrics_file import read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
@@ -23,8 +23,7 @@ PLATEAU = (
 
 
 def _events(result: JobResult, kind: str) -> list[dict]:
-    lines = (result.dump / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["type"] == kind]
+    return result.metrics().of_type(kind)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,7 @@ def _observed(dump: Path) -> dict[tuple, set]:
     killed process and again by the restart has two records: equal values keep one entry.
     """
     seen: dict[tuple, set] = {}
-    for record in map(json.loads, (dump / "metrics.jsonl").read_text().splitlines()):
+    for record in read_metrics(dump).records:
         kind = record["type"]
         if kind == "train":
             key, value = (kind, record["step"]), (record["loss"], tuple(record["lr"]))

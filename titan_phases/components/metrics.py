@@ -7,7 +7,8 @@
   optimizer state bytes held by each rank;
   subclasses or the trainer add more through :meth:`PhaseMetricsProcessor.add_step_metrics`;
 * a :class:`JsonlLogger` writes ``<job.dump_folder>/metrics.jsonl`` beside TensorBoard, one JSON
-  object per logged step, whether or not TensorBoard is enabled.
+  object per logged step, whether or not TensorBoard is enabled, through the file's own writer
+  (:mod:`titan_phases.components.metrics_file`, which also holds the one reader of the file).
 
 The JSONL schema (keys absent when not measured)::
 
@@ -20,8 +21,9 @@ The JSONL schema (keys absent when not measured)::
 **Limitations**
 Written by the metrics rank only (rank 0, or the loss-visible rank under pipeline parallelism),
 like torchtitan's TensorBoard logs. The file is append-only: a resumed run appends lines for
-steps it repeats, so readers should take the last line for a step (each run starts with a
-``{"type": "run_start", ...}`` line). Phase transitions and an early end of training add
+steps it repeats (each process start begins with a ``{"type": "run_start", ...}`` line), so it
+is read through :func:`titan_phases.components.metrics_file.read_metrics`, where the last
+record of a step wins. Phase transitions and an early end of training add
 ``{"type": "transition", ...}`` and ``{"type": "end", "reason": ...}`` lines.
 Uses torchtitan 0.2.2's private ``torchtitan.components.metrics._get_metrics_rank`` to find the
 rank that writes, so metrics.jsonl comes from the same rank as torchtitan's own logs.
@@ -29,7 +31,6 @@ rank that writes, so metrics.jsonl comes from the same rank as torchtitan's own 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -46,7 +47,7 @@ from torchtitan.components.metrics import (
 from torchtitan.config import JobConfig
 from torchtitan.distributed import ParallelDims
 
-METRICS_FILE = "metrics.jsonl"
+from titan_phases.components.metrics_file import METRICS_FILE, MetricsWriter
 
 # torchtitan metric name -> metrics.jsonl key
 _JSONL_KEYS = {
@@ -93,17 +94,14 @@ def to_jsonl_record(metrics: dict[str, Any], step: int) -> dict[str, Any]:
 
 
 class JsonlLogger(BaseLogger):
-    """Appends one JSON object per ``log`` call to ``path``, flushed so a kill loses nothing."""
+    """torchtitan's logger interface over a :class:`MetricsWriter`: one record per ``log``
+    call appended to the metrics file at ``path``."""
 
     def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.path = path
-        self._file = open(path, "a", buffering=1)
-        self.write({"type": "run_start", "time": time.time(), "pid": os.getpid()})
+        self._file = MetricsWriter(path)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        self._file.write(record)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.write(to_jsonl_record(metrics, step))

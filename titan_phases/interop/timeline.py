@@ -1,10 +1,9 @@
 """A run's history read back from its ``metrics.jsonl``: what ``titan-phases plot`` draws.
 
 :func:`read_timeline` reads a file that may belong to a resumed run or to a run still in
-progress. A resumed run appends the steps it repeats after its last checkpoint (each process
-start begins with a ``run_start`` line), so the last record of a step wins, as the writer's
-docstring asks (:mod:`titan_phases.components.metrics`). A transition repeated by a restart
-is one transition. A line being written while the file is read is left out.
+progress through :func:`titan_phases.components.metrics_file.read_metrics`: the last record of
+a step wins, a transition repeated by a restart is one transition, and a line being written
+while the file is read is left out.
 
 **Limitations**
 Reads the records titan_phases writes: ``train`` (``loss``, ``lr`` per param group,
@@ -14,10 +13,11 @@ is stored as null and read as NaN.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from titan_phases.components.metrics_file import read_metrics
 
 __all__ = ["PhaseBand", "Timeline", "read_timeline"]
 
@@ -47,17 +47,7 @@ class Timeline:
     starts: int = 0
     """Process starts (``run_start`` lines): 1 for a run that never stopped."""
     end: str | None = None
-    """Why training ended early, if it did (an ``end`` record)."""
-
-
-def _records(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # the line a running job is writing
-    return records
+    """Why training ended early, if it did (the last process start's ``end`` record)."""
 
 
 def _number(value: float | None) -> float:
@@ -85,24 +75,10 @@ def _bands(train: dict[int, dict], transitions: dict[int, tuple[int, str]]) -> l
 
 def read_timeline(path: str | Path) -> Timeline:
     """The timeline of ``path`` (a ``metrics.jsonl`` file)."""
-    train: dict[int, dict] = {}
-    validation: dict[int, float] = {}
-    transitions: dict[int, tuple[int, str]] = {}
-    timeline = Timeline()
-    for record in _records(Path(path)):
-        kind = record.get("type")
-        if kind == "run_start":
-            timeline.starts += 1
-        elif kind == "train":
-            train[record["step"]] = record
-        elif kind == "validation":
-            validation[record["step"]] = _number(record.get("loss"))
-        elif kind == "transition":
-            transitions[record["to_phase"]] = (record["step"], record["reason"])
-        elif kind == "end":
-            timeline.end = record.get("reason")
-    for step in sorted(train):
-        record = train[step]
+    metrics = read_metrics(path)
+    transitions = {phase: (r["step"], r["reason"]) for phase, r in metrics.transitions.items()}
+    timeline = Timeline(starts=metrics.starts, end=metrics.end and metrics.end.get("reason"))
+    for step, record in metrics.train.items():
         timeline.steps.append(step)
         timeline.loss.append(_number(record.get("loss")))
         timeline.trainable_params.append(record.get("trainable_params"))
@@ -110,7 +86,7 @@ def read_timeline(path: str | Path) -> Timeline:
             steps, values = timeline.lrs.setdefault(group, ([], []))
             steps.append(step)
             values.append(lr)
-    timeline.validation_steps = sorted(validation)
-    timeline.validation_loss = [validation[s] for s in timeline.validation_steps]
-    timeline.phases = _bands(train, transitions)
+    timeline.validation_steps = list(metrics.validation)
+    timeline.validation_loss = [_number(r.get("loss")) for r in metrics.validation.values()]
+    timeline.phases = _bands(metrics.train, transitions)
     return timeline
