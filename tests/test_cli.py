@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -203,6 +205,44 @@ def test_help_and_usage(capsys, argv):
         assert code == 0 and "exit codes:" in out
     else:
         assert code == 2 and "usage:" in err
+
+
+SUBCOMMANDS = ("validate", "show", "generate", "import-fts", "plan", "plot")
+
+# Calls main with each argv in one fresh process, as the console script does, and lists after
+# each the torch and torchtitan modules loaded so far (the first five).
+_HELP_IMPORTS = """
+import contextlib, io, json, sys
+from titan_phases.cli import main
+report = []
+for argv in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    heavy = sorted(m for m in sys.modules if m.partition(".")[0] in ("torch", "torchtitan"))
+    report.append({"argv": argv, "code": code, "help": out.getvalue(), "heavy": heavy[:5]})
+print(json.dumps(report))
+"""
+
+
+def test_help_imports_neither_torch_nor_torchtitan():
+    # Help must print at once: importing torchtitan takes seconds.
+    argvs = [["--help"], *([name, "--help"] for name in SUBCOMMANDS)]
+    result = subprocess.run([sys.executable, "-c", _HELP_IMPORTS, json.dumps(argvs)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [r["argv"] for r in report] == argvs
+    for r in report:
+        assert r["code"] == 0 and "exit codes:" in r["help"], r
+        assert r["heavy"] == [], f"titan-phases {' '.join(r['argv'])} imports {r['heavy']}"
+
+
+def test_import_fts_parser_default_lr_is_the_converters():
+    from titan_phases.cli import import_fts
+    from titan_phases.interop.fts_import import FTS_BASE_MAX_LR
+
+    assert import_fts.FTS_BASE_MAX_LR == FTS_BASE_MAX_LR
 
 
 def test_bad_torchtitan_flag_exits_2(capsys, job):
