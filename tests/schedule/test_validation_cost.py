@@ -24,7 +24,8 @@ def _schedule(n_phases: int, scheduler: LRSchedulerInit) -> PhaseSchedule:
 def _check(schedule: PhaseSchedule, **job: Any) -> Problems:
     config = make_job(**job)
     problems = Problems()
-    check_reinits(schedule, config.phases, config, problems)
+    group_counts = [p.index + 1 for p in schedule.phases]  # a schedule that only thaws
+    check_reinits(schedule, group_counts, config.phases, config, problems)
     return problems
 
 

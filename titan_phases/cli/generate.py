@@ -20,7 +20,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         subcommands, "generate",
         "write the generated (implicit) schedule to a TOML file for editing",
         "Generate the schedule the job would get without an explicit one (output head and final "
-        "norm, then blocks top-down, then embeddings) and write it as a schedule file.",
+        "norm, then blocks top-down, then embeddings; or the job's [phases.cycle]) and write it "
+        "as a schedule file.",
         "[-h] --out FILE [--force] [--job.config_file JOB.toml] [torchtitan flags ...]",
     )
     parser.add_argument("--out", required=True, metavar="FILE",
@@ -53,15 +54,25 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
                                           f"{elements:,} elements ({100 * elements / total:.1f}%)")
         else:
             comments[str(phase.index)] = f"phase {phase.index}: beyond max_depth = {cfg.max_depth}"
+    cycle = cfg.cycle
+    shape = (
+        f"a cycle: order = {cycle.order}, blocks_per_phase = {cycle.blocks_per_phase}, "
+        f"steps_per_phase = {cycle.steps_per_phase}, passes = {cycle.passes}, seed = "
+        f"{cycle.seed}" if cycle.enable
+        else f"blocks_per_phase = {cfg.blocks_per_phase}, transition_mode = "
+        f"{cfg.effective_transition_mode(job_config.validation.enable)}"
+    )
+    without = [name for name, on in (
+        ("[phases.cycle] enable", cycle.enable),
+        ("reinit_optimizer / reinit_lr_scheduler (they are written into the phases below)",
+         cfg.reinit_optimizer or cfg.reinit_lr_scheduler),
+    ) if on]
     header = (
         f"Phase schedule written by `titan-phases generate`, {resolved.source}\n"
-        f"model {job_config.model.name} {job_config.model.flavor}, "
-        f"blocks_per_phase = {cfg.blocks_per_phase}, transition_mode = "
-        f"{cfg.effective_transition_mode(job_config.validation.enable)}, "
+        f"model {job_config.model.name} {job_config.model.flavor}, {shape}, "
         f"training.steps = {job_config.training.steps}\n"
         f"Use it with [phases] schedule_file = \"<this file>\""
-        + (" and without reinit_optimizer / reinit_lr_scheduler (they are written into the "
-           "phases below)" if cfg.reinit_optimizer or cfg.reinit_lr_scheduler else "")
+        + (f" and without {' or '.join(without)}" if without else "")
         + ".\nFormat: docs/schedule.md\n"
     )
     raw = {str(p.index): p.to_raw() for p in phases}

@@ -43,7 +43,7 @@ from titan_phases.components.checkpointing.format import (
     METADATA_KEY,
     PhaseMismatchError,
 )
-from titan_phases.components.optimizer import PhasedOptimizersContainer
+from titan_phases.components.optimizer import PHASE_KEY, PhasedOptimizersContainer
 from titan_phases.runtime.ranks import is_rank0
 from titan_phases.schedule.classes import (
     class_path_of,
@@ -201,6 +201,16 @@ def _extend_to_new_group(scheduler: LRScheduler, apply_lambdas: bool) -> float:
     return lr
 
 
+def _drop_groups(scheduler: LRScheduler, indices: Sequence[int]) -> None:
+    """Drop the per-group entries of the param groups at ``indices`` (groups that left the
+    optimizer) from ``scheduler``."""
+    for name in ("base_lrs", "_last_lr", "lr_lambdas", "min_lrs"):
+        values = getattr(scheduler, name, None)
+        if isinstance(values, list):
+            for index in sorted(indices, reverse=True):
+                del values[index]
+
+
 def build_phased_lr_schedulers(
     optimizers: PhasedOptimizersContainer,
     lr_scheduler_config: LRSchedulerConfig,
@@ -291,6 +301,8 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
         self.optimizers = optimizers
         self.apply_lambdas_new_pgs = apply_lambdas_new_pgs
         self.phase = optimizers.phase
+        # The phase that added each param group, to mirror the groups that leave.
+        self._group_phases = [g[PHASE_KEY] for g in next(iter(optimizers)).param_groups]
         self.scheduler_cls = _import_lr_scheduler_class(class_path)
         self.scheduler_init_args = self._checked_init_args(init_args)
         self.schedulers = [self._instantiate(opt) for opt in optimizers]
@@ -377,11 +389,21 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
         # After an optimizer reinit the schedulers must drive the rebuilt optimizers.
         for scheduler, optimizer in zip(self.schedulers, self.optimizers, strict=True):
             scheduler.optimizer = optimizer
+        groups = [g[PHASE_KEY] for g in next(iter(self.optimizers)).param_groups]
+        left = [i for i, t in enumerate(self._group_phases) if t not in groups]
+        self._group_phases = groups
 
         if lr_scheduler is None:
+            for scheduler in self.schedulers:
+                _drop_groups(scheduler, left)
             apply_lambdas = self.apply_lambdas_new_pgs
-            new_lrs = [_extend_to_new_group(s, apply_lambdas) for s in self.schedulers]
-            description = f"{self.scheduler_cls.__name__} continues, new group lr {new_lrs[0]:g}"
+            new_lrs = [
+                _extend_to_new_group(s, apply_lambdas) for s in self.schedulers
+                if phase in groups
+            ]
+            description = f"{self.scheduler_cls.__name__} continues" + (
+                f", new group lr {new_lrs[0]:g}" if new_lrs else ""
+            ) + (f", {len(left)} group(s) left" if left else "")
         else:
             class_path, init_args = lr_scheduler
             scheduler_cls = _import_lr_scheduler_class(class_path)
@@ -397,10 +419,11 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
     def _set_start_lrs(
         self, phase: int, init_pg_lrs: Sequence[float] | None, use_current_optimizer_pg_lrs: bool
     ) -> None:
-        if init_pg_lrs is not None and len(init_pg_lrs) != phase + 1:
+        n_groups = len(self._group_phases)
+        if init_pg_lrs is not None and len(init_pg_lrs) != n_groups:
             raise ValueError(
-                f"phase {phase}: init_pg_lrs has {len(init_pg_lrs)} entries, expected {phase + 1} "
-                f"(one per param group, phases 0..{phase})"
+                f"phase {phase}: init_pg_lrs has {len(init_pg_lrs)} entries, expected {n_groups} "
+                f"(one per param group: phases {self._group_phases})"
             )
         for optimizer in self.optimizers:
             for index, group in enumerate(optimizer.param_groups):

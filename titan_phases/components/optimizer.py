@@ -1,18 +1,12 @@
-"""Phase-aware optimizers for gradual unfreezing, reshardable through DCP.
+"""Phase-aware optimizers, reshardable through DCP.
 
 :class:`PhasedOptimizersContainer` is a torchtitan ``OptimizersContainer`` (one optimizer per
-model part) whose param groups follow the phases of a thawing schedule: at phase ``k`` every
-inner optimizer has ``k + 1`` groups and group ``i`` holds the params thawed in phase ``i``.
+model part) whose param groups follow the phases of a schedule: a phase adds a group for the
+params it thaws, and the params it freezes leave with their state.
 :func:`build_phased_optimizers` has torchtitan's ``build_optimizers`` signature, so it drops into
 a ``TrainSpec`` as ``build_optimizers_fn``. :func:`phased_optimizer_builder` composes it with a
 spec's own builder, so what that builder adds to the container (torchtitan's MoE load-balancing
 hook, for one) is added to the phased container instead.
-
-At a transition the trainer thaws the phase's params and calls
-:meth:`PhasedOptimizersContainer.add_phase`; on resume it rebuilds the same structure with the
-same calls (no training steps are replayed) and then loads the checkpoint. See the class
-docstring for the exact sequences. What the container saves, and how it is read before loading,
-is :mod:`titan_phases.components.checkpointing.format`.
 
 **Limitations** (private torchtitan API this module relies on; check on upgrades)
 * While a spec's own builder runs, torchtitan's ``build_optimizers`` is the phased one
@@ -27,7 +21,6 @@ is :mod:`titan_phases.components.checkpointing.format`.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -35,7 +28,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from torchtitan.components import optimizer as tt_optimizer
 from torchtitan.components.ft import FTManager
@@ -46,7 +38,9 @@ from torchtitan.distributed import ParallelDims
 from titan_phases import patches
 from titan_phases.components.checkpointing.format import (
     check_optimizer_metadata,
+    create_placeholder_state,
     decode_metadata,
+    drop_placeholder_state,
     encode_state,
     hyperparameters,
     load_optimizer_state_dict,
@@ -61,6 +55,7 @@ from titan_phases.components.checkpointing.format import (
 from titan_phases.runtime.ranks import is_rank0
 from titan_phases.schedule.classes import (
     class_path_of,
+    configured_lr,
     import_class_path,
     optimizer_from_config,
     OPTIMIZER_MODULE,
@@ -146,48 +141,29 @@ def phased_optimizer_builder(spec_builder: Callable[..., Any] | None) -> Callabl
 
 
 class PhasedOptimizersContainer(OptimizersContainer):
-    """torchtitan ``OptimizersContainer`` whose param groups follow the thawing phases.
+    """torchtitan ``OptimizersContainer`` whose param groups follow the phases.
 
-    At phase ``k`` every inner optimizer (one per model part) has ``k + 1`` param groups; group
-    ``i`` holds the params thawed in phase ``i`` and carries ``group["phase"] == i``. A group is
-    kept even when its model part has no params of that phase, so all parts share one group
-    layout and one lr schedule. Optimizer state exists only for optimized (trainable) params.
+    Every inner optimizer (one per model part) has one param group per phase whose params still
+    train, in phase order, tagged ``group["phase"]``; all parts share that layout (a group may
+    be empty on a part) and so one lr schedule. State exists only for trainable params: a param
+    that stops training leaves with its state and its gradient.
 
-    Transition (after ``trainer`` thawed phase ``k``'s params, see :meth:`add_phase`)::
+    Transition (after the trainer (un)froze phase ``k``'s params, see :meth:`add_phase`)::
 
         optimizers.add_phase(k, params_per_part, lr=phase_lr,
-                             optimizer=None | (class_path, init_args))
-        lr_schedulers.add_phase(k, lr_scheduler=None | (class_path, init_args),
-                                init_pg_lrs=..., use_current_optimizer_pg_lrs=...)
+                             optimizer=None | (class_path, init_args),
+                             leaving_per_part=..., groups=plan.groups)
+        lr_schedulers.add_phase(k, ...)
 
-    Resume: read the saved phase
-    (:func:`~.checkpointing.format.read_checkpoint_phase`), freeze to phase 0,
-    build with the builders, then thaw and call both ``add_phase`` methods for phases 1..saved
-    exactly as during training (:mod:`titan_phases.components.checkpointing.resume`), then load the
-    checkpoint (``CheckpointManager.load``). Loading restores state, every group's
-    hyperparameters and the scheduler position; nothing is replayed.
-
-    ``state_dict`` / ``load_state_dict`` use DCP's flattened optimizer state (reshardable to any
-    number of ranks, like torchtitan's) plus this container's metadata: the phase, optimizer
-    class path and init args, and every group's hyperparameters (DCP alone would give a whole
-    group its first param's values and cannot restore an empty group). Loading state saved in
-    another phase or with another optimizer class raises :class:`PhaseMismatchError` naming
-    both. When the live optimizer is *further* along than the checkpoint, DCP itself fails first
-    (``CheckpointException``, a BaseException, "Missing key"), so call
-    :meth:`verify_checkpoint` before loading to get the clear error.
-
-    A transition leaves the new params without state until the next ``step``, which DCP cannot
-    save or load. ``state_dict`` therefore gives such params *placeholder* state (what the
-    optimizer's first step creates with zero gradients, built on scratch copies) and saves a
-    per-parameter flag; placeholders are dropped again before the next ``step``, so the first
-    step after a transition is exactly the optimizer's lazy first step, resumed or not.
-
-    Step pre/post hooks registered on the container survive :meth:`add_phase` (they live on the
-    container, not on the inner optimizers).
+    Resume: freeze to phase 0, build, then repeat both ``add_phase`` calls for phases 1..saved
+    as during training (:mod:`titan_phases.components.checkpointing.resume`), then load.
+    ``state_dict``/``load_state_dict``/:meth:`verify_checkpoint` are DCP's flattened optimizer
+    state (reshardable) plus this container's metadata and per-param placeholder flags
+    (:mod:`titan_phases.components.checkpointing.format`). Step hooks registered on the
+    container survive :meth:`add_phase`.
 
     **Limitations**
-    Phases only add params (thawing); re-freezing optimized params is not supported. Groups of
-    the same phase share hyperparameters across model parts (as torchtitan assumes one
+    Groups of the same phase share hyperparameters across model parts (torchtitan assumes one
     configuration for all parts). Optimizers whose ``step`` needs a closure (LBFGS) or sparse
     gradients (SparseAdam) and tensor-valued hyperparameters are not supported. Keeping state
     across a same-class reinit assumes the new init args keep the state layout (e.g. the same
@@ -239,7 +215,7 @@ class PhasedOptimizersContainer(OptimizersContainer):
     def step(self, *args: Any, **kwargs: Any) -> None:
         # Not super().step(): torch wraps the *class's* step with the hook runner, so calling a
         # wrapped base-class step from here would run the container's hooks twice.
-        self._drop_placeholder_state()
+        drop_placeholder_state(self.optimizers, self._placeholder_params)
         for optimizer in self.optimizers:
             optimizer.step(*args, **kwargs)
 
@@ -251,22 +227,32 @@ class PhasedOptimizersContainer(OptimizersContainer):
         params_per_part: Sequence[Sequence[nn.Parameter]],
         lr: float | None = None,
         optimizer: tuple[str, dict[str, Any]] | None = None,
+        *,
+        leaving_per_part: Sequence[Sequence[nn.Parameter]] | None = None,
+        groups: Sequence[int] | None = None,
     ) -> None:
-        """Add phase ``phase``'s thawed params as a new param group in every inner optimizer.
+        """Enter phase ``phase``: drop the params that leave, add its thawed params as a new
+        param group in every inner optimizer.
 
-        Call after thawing (``requires_grad_(True)``) and before the first step of the phase.
+        Call after (un)freezing (``requires_grad_``) and before the first step of the phase.
         With FSDP2, collect the params while every FSDP module is resharded
-        (:func:`titan_phases.components.thaw.reshard_fsdp_modules`), otherwise a root
-        left unsharded by a forward without backward yields unsharded tensors, which are
-        rejected here. The whole sequence, FSDP2's mixed-precision refresh included, is
+        (:func:`titan_phases.components.thaw.reshard_fsdp_modules`), otherwise a root left
+        unsharded by a forward without backward yields unsharded tensors, which are rejected
+        here. The whole sequence, FSDP2's mixed-precision refresh included, is
         :func:`titan_phases.components.transition.enter_phase`.
 
+        Params that leave lose their state and their ``.grad``. A group whose phase is not in
+        ``groups`` leaves the optimizer (all its params left, on every rank: ``groups`` comes
+        from the schedule, :attr:`~titan_phases.schedule.PhasePlan.groups`), and the new group
+        is added only if ``phase`` is in it. Without ``groups`` (a schedule that only thaws)
+        every phase adds its group.
+
         Without ``optimizer`` the new group takes ``lr`` (as ``lr`` and ``initial_lr``) and the
-        other hyperparameters of the previous group; all existing state is kept. With
-        ``optimizer=(class_path, init_args)`` every inner optimizer is rebuilt as that class
-        (``torch.optim`` name or dotted path) with ``init_args``: existing groups keep their
-        params, current ``lr`` and ``initial_lr`` (the running lr schedule carries over), and
-        state is kept only if the class is unchanged. Call the lr schedulers' ``add_phase``
+        other hyperparameters of the previous group; the state of the params that stay is kept.
+        With ``optimizer=(class_path, init_args)`` every inner optimizer is rebuilt as that
+        class (``torch.optim`` name or dotted path) with ``init_args``: existing groups keep
+        their params, current ``lr`` and ``initial_lr`` (the running lr schedule carries over),
+        and state is kept only if the class is unchanged. Call the lr schedulers' ``add_phase``
         next; it sets the new group's lr for the current step of the schedule.
 
         Args:
@@ -276,60 +262,101 @@ class PhasedOptimizersContainer(OptimizersContainer):
             lr (float | None): The phase's lr; ``None`` uses the active optimizer's ``lr``.
             optimizer (tuple[str, dict[str, Any]] | None): Optional reinit as ``(class_path,
                 init_args)``; it stays active for later phases until the next reinit.
+            leaving_per_part: The params that stop training, one list per model part.
+            groups: The phase's param groups by the phase that added each; needed when params
+                leave.
         """
         if phase != self.phase + 1:
             raise ValueError(
                 f"cannot add phase {phase}: the optimizer is in phase {self.phase}, phases are "
                 f"added one at a time (next: {self.phase + 1})"
             )
-        if len(params_per_part) != len(self.model_parts):
+        leaving_per_part = leaving_per_part or [[] for _ in self.model_parts]
+        if len(params_per_part) != len(self.model_parts) or len(leaving_per_part) != len(
+            self.model_parts
+        ):
             raise ValueError(
-                f"phase {phase}: got parameter lists for {len(params_per_part)} model parts, "
-                f"expected {len(self.model_parts)} (one list per part, empty where none)"
+                f"phase {phase}: got parameter lists for {len(params_per_part)} model parts "
+                f"({len(leaving_per_part)} leaving), expected {len(self.model_parts)} (one list "
+                "per part, empty where none)"
             )
+        if groups is None and any(leaving_per_part):
+            raise ValueError(f"phase {phase}: params leave, so pass the phase's groups")
+        self._remove(phase, leaving_per_part, groups)
         self._validate_new_params(phase, params_per_part)
+        adds_group = groups is None or phase in groups
 
         if optimizer is None:
             phase_lr = (
-                self._configured_lr(self.optimizer_cls, self.optimizer_kwargs)
-                if lr is None
+                configured_lr(self.optimizer_cls, self.optimizer_kwargs) if lr is None
                 else float(lr)
             )
             for opt, params in zip(self.optimizers, params_per_part):
-                group = hyperparameters(opt.param_groups[-1])
-                group.update(params=list(params), lr=phase_lr, initial_lr=phase_lr)
-                group[PHASE_KEY] = phase
-                opt.add_param_group(group)
+                if adds_group:
+                    last = opt.param_groups[-1] if opt.param_groups else opt.defaults
+                    group = hyperparameters(last)
+                    group.update(params=list(params), lr=phase_lr, initial_lr=phase_lr)
+                    group[PHASE_KEY] = phase
+                    opt.add_param_group(group)
         else:
             class_path, init_args = optimizer
             encode_state(init_args)
             new_cls = import_class_path(class_path, Optimizer, OPTIMIZER_MODULE, "an optimizer")
-            phase_lr = self._configured_lr(new_cls, init_args) if lr is None else float(lr)
-            self._rebuild(new_cls, dict(init_args), phase, params_per_part, phase_lr)
+            phase_lr = configured_lr(new_cls, init_args) if lr is None else float(lr)
+            self._rebuild(
+                new_cls, dict(init_args), phase, params_per_part if adds_group else None, phase_lr
+            )
 
         self.phase = phase
         if is_rank0():
             logger.info(
-                "Optimizer phase %d: %d new params at lr %g (%s)",
+                "Optimizer phase %d: %d new params at lr %g, %d leave (%s)",
                 phase,
                 sum(len(p) for p in params_per_part),
                 phase_lr,
+                sum(len(p) for p in leaving_per_part),
                 "kept state" if optimizer is None else f"rebuilt as {self.optimizer_cls.__name__}",
             )
         for fqns, params in zip(self._fqns, params_per_part):
             logger.debug("phase %d params: %s", phase, [fqns[p] for p in params])
+
+    def _remove(
+        self,
+        phase: int,
+        leaving_per_part: Sequence[Sequence[nn.Parameter]],
+        groups: Sequence[int] | None,
+    ) -> None:
+        problems = []
+        for opt, leaving, fqns in zip(self.optimizers, leaving_per_part, self._fqns):
+            optimized = {p for g in opt.param_groups for p in g["params"]}
+            problems += [
+                f"{fqns.get(p, 'a parameter of another part')} is not optimized"
+                for p in leaving if p not in optimized
+            ]
+            gone = set(leaving)
+            for group in opt.param_groups:
+                group["params"] = [p for p in group["params"] if p not in gone]
+            for param in leaving:
+                opt.state.pop(param, None)
+                self._placeholder_params.discard(param)
+                # A gradient left on a frozen param would still count in the gradient norm.
+                param.grad = None
+            if groups is not None:
+                opt.param_groups = [g for g in opt.param_groups if g[PHASE_KEY] in groups]
+        if problems:
+            raise ValueError(f"cannot enter phase {phase}:\n  " + "\n  ".join(problems))
 
     def _rebuild(
         self,
         optimizer_cls: type[Optimizer],
         optimizer_kwargs: dict[str, Any],
         phase: int,
-        params_per_part: Sequence[Sequence[nn.Parameter]],
+        params_per_part: Sequence[Sequence[nn.Parameter]] | None,
         phase_lr: float,
     ) -> None:
         keep_state = optimizer_cls is self.optimizer_cls
         rebuilt = []
-        for old, params in zip(self.optimizers, params_per_part):
+        for index, old in enumerate(self.optimizers):
             groups = [
                 {
                     "params": g["params"],
@@ -339,9 +366,9 @@ class PhasedOptimizersContainer(OptimizersContainer):
                 }
                 for g in old.param_groups
             ]
-            groups.append(
-                {"params": list(params), "lr": phase_lr, "initial_lr": phase_lr, PHASE_KEY: phase}
-            )
+            if params_per_part is not None:
+                groups.append({"params": list(params_per_part[index]), "lr": phase_lr,
+                               "initial_lr": phase_lr, PHASE_KEY: phase})
             new = optimizer_cls(groups, **optimizer_kwargs)
             if keep_state:
                 # Moving state by parameter identity is bitwise equal to never rebuilding.
@@ -382,60 +409,15 @@ class PhasedOptimizersContainer(OptimizersContainer):
         if problems:
             raise ValueError(f"cannot add phase {phase}:\n  " + "\n  ".join(problems))
 
-    @staticmethod
-    def _configured_lr(optimizer_cls: type[Optimizer], optimizer_kwargs: dict[str, Any]) -> float:
-        if "lr" in optimizer_kwargs:
-            return float(optimizer_kwargs["lr"])
-        return float(inspect.signature(optimizer_cls.__init__).parameters["lr"].default)
-
-    # --- placeholder state ----------------------------------------------------------------
-
-    def _initial_states(
-        self, optimizer_cls: type[Optimizer], group: dict[str, Any], params: Sequence[torch.Tensor]
-    ) -> list[dict[str, Any]]:
-        """The state ``optimizer_cls`` creates for ``params`` on a first step with zero grads.
-
-        Runs on scratch zero tensors shaped like ``params`` (DTensors stay DTensors), so the
-        real params, their grads and the live optimizer are untouched.
-        """
-        scratch_params = []
-        for param in params:
-            scratch = torch.zeros_like(param.detach()).requires_grad_(True)
-            scratch.grad = torch.zeros_like(scratch)
-            scratch_params.append(scratch)
-        scratch_group = {**hyperparameters(group), "params": scratch_params, "lr": 0.0}
-        scratch_optimizer = optimizer_cls([scratch_group], **self.optimizer_kwargs)
-        scratch_optimizer.step()
-        return [scratch_optimizer.state.get(s, {}) for s in scratch_params]
-
-    def _creates_state(self, optimizer_cls: type[Optimizer], group: dict[str, Any]) -> bool:
-        # A one-element probe tells stateless configurations (e.g. SGD without momentum) apart
-        # without allocating scratch copies of all their params at every checkpoint.
-        param = group["params"][0]
-        local = param.to_local() if isinstance(param, DTensor) else param
-        probe = torch.zeros(1, dtype=local.dtype, device=local.device)
-        return bool(self._initial_states(optimizer_cls, group, [probe])[0])
-
-    def _create_placeholder_state(self) -> None:
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                missing = [p for p in group["params"] if not opt.state.get(p)]
-                if not missing or not self._creates_state(type(opt), group):
-                    continue
-                for param, state in zip(missing, self._initial_states(type(opt), group, missing)):
-                    opt.state[param] = state
-                    self._placeholder_params.add(param)
-
-    def _drop_placeholder_state(self) -> None:
-        for opt in self.optimizers:
-            for param in self._placeholder_params:
-                opt.state.pop(param, None)
-        self._placeholder_params.clear()
-
     # --- checkpointing --------------------------------------------------------------------
 
     def _layout(self) -> OptimizerLayout:
         return OptimizerLayout(self.model_parts, self.optimizers, self._fqns)
+
+    def _create_placeholder_state(self) -> None:
+        self._placeholder_params |= create_placeholder_state(
+            self.optimizers, self.optimizer_kwargs
+        )
 
     def state_dict(self) -> dict[str, Any]:
         self._create_placeholder_state()
@@ -447,14 +429,9 @@ class PhasedOptimizersContainer(OptimizersContainer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = decode_metadata(state_dict, "optimizer", type(self).__name__, self.phase)
-        check_optimizer_metadata(saved, self.phase, class_path_of(self.optimizer_cls))
-        if saved["optimizer"]["init_args"] != self.optimizer_kwargs:
-            logger.warning(
-                "Optimizer init args differ from the checkpoint's (saved %s, live %s): the saved "
-                "per-group hyperparameters are restored",
-                saved["optimizer"]["init_args"],
-                self.optimizer_kwargs,
-            )
+        check_optimizer_metadata(
+            saved, self.phase, class_path_of(self.optimizer_cls), self.optimizer_kwargs
+        )
         self._create_placeholder_state()
         self._placeholder_params = load_optimizer_state_dict(
             self._layout(), state_dict, saved, self.phase

@@ -15,10 +15,12 @@ validation loss plateaus (with plateau transitions on, see
 unless it plateaus: then the controller asks to stop, with the reason.
 
 The controller also remembers the best validation loss of the current phase and the step it
-was measured at, which ``restore_best`` uses.
+was measured at, which ``restore_best`` uses. For a generated cycle it saves the current
+phase's place in the cycle (pass, position, blocks, the order generator's state), and a resume
+refuses a cycle that would not go on the same way.
 
 **Limitations**
-Phases only advance, one at a time; there is no re-freezing.
+Phases only advance, one at a time.
 """
 
 from __future__ import annotations
@@ -62,12 +64,18 @@ class Transition:
         }
 
 
-def phase_fingerprints(phase_params: Sequence[Sequence[str]]) -> list[str]:
-    """One digest per phase of the parameter names it thaws (order-insensitive)."""
-    return [
-        hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
-        for names in phase_params
+def phase_fingerprints(
+    phase_params: Sequence[Sequence[str]], phase_frozen: Sequence[Sequence[str]] = ()
+) -> list[str]:
+    """One digest per phase of the parameter names it thaws and freezes (order-insensitive).
+    A phase that freezes nothing has the digest of its thawed names alone, as before freezing
+    phases existed, so older checkpoints stay resumable."""
+    frozen = list(phase_frozen) or [()] * len(phase_params)
+    text = [
+        "\n".join(sorted(names)) + ("\n--freeze\n" + "\n".join(sorted(leaving)) if leaving else "")
+        for names, leaving in zip(phase_params, frozen)
     ]
+    return [hashlib.sha256(t.encode()).hexdigest()[:16] for t in text]
 
 
 def build_phase_controller(
@@ -80,6 +88,8 @@ def build_phase_controller(
         schedule.phase_params,
         PlateauTracker(phases_config.patience, phases_config.min_delta, phases_config.mode),
         plateau_transitions=mode in ("plateau", "both"),
+        phase_frozen=schedule.phase_frozen,
+        cycle=None if schedule.cycle is None else [p.as_dict() for p in schedule.cycle],
     )
 
 
@@ -92,6 +102,11 @@ class PhaseController(Stateful):
             refuse checkpoints written under a schedule with different phases.
         plateau: tracks the validation loss of the current phase (best value and step).
         plateau_transitions: whether a plateau ends the phase (or, in the final phase, training).
+        phase_frozen: per phase, the names of the parameters it freezes (none: a schedule that
+            only thaws).
+        cycle: per phase, its place in a generated cycle
+            (:meth:`~titan_phases.schedule.cycle.CyclePosition.as_dict`), saved with the
+            current phase's so that a resume checks it goes on with the same draws.
     """
 
     def __init__(
@@ -100,11 +115,14 @@ class PhaseController(Stateful):
         phase_params: Sequence[Sequence[str]],
         plateau: PlateauTracker | None = None,
         plateau_transitions: bool = False,
+        phase_frozen: Sequence[Sequence[str]] = (),
+        cycle: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         if len(max_transition_steps) != len(phase_params) or not phase_params:
             raise ValueError("one max_transition_step and one parameter list per phase")
         self.max_transition_steps = list(max_transition_steps)
-        self.fingerprints = phase_fingerprints(phase_params)
+        self.fingerprints = phase_fingerprints(phase_params, phase_frozen)
+        self.cycle = None if cycle is None else list(cycle)
         self.plateau = plateau or PlateauTracker(patience=1, min_delta=0.0, mode="min")
         self.plateau_transitions = plateau_transitions
         self.phase = 0
@@ -186,6 +204,7 @@ class PhaseController(Stateful):
                     "plateau": self.plateau.state(),
                     "last_validation_step": self.last_validation_step,
                     "stop_reason": self.stop_reason,
+                    "cycle": None if self.cycle is None else self.cycle[self.phase],
                 }
             ),
         }
@@ -193,6 +212,7 @@ class PhaseController(Stateful):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = json.loads(state_dict["json"])
         phase = int(state_dict["phase"])
+        check_same_cycle(saved.get("cycle"), phase, self.cycle)
         check_compatible(saved["fingerprints"], phase, self.fingerprints)
         self.phase = phase
         self.history = [Transition(**t) for t in saved["history"]]
@@ -222,3 +242,29 @@ def check_compatible(saved: Sequence[str], saved_phase: int, current: Sequence[s
             f"0..{saved_phase} must stay as they were (later phases may change). Restore the "
             "original params for those phases or start a new run (new job.dump_folder)"
         )
+
+
+def check_same_cycle(
+    saved: dict[str, Any] | None, saved_phase: int, current: Sequence[dict[str, Any]] | None
+) -> None:
+    """Raise unless a run saved in ``saved_phase`` of a generated cycle goes on with the same
+    cycle: the same pass, position, blocks and order generator state."""
+    live = None if current is None or saved_phase >= len(current) else current[saved_phase]
+    if saved == live:
+        return
+    if saved is None or live is None:
+        what = "a generated cycle" if saved is not None else "no generated cycle"
+        raise ScheduleMismatchError(
+            f"the checkpoint was saved by {what}, and this job's schedule is "
+            f"{'not one' if saved is not None else 'one'}; resume with the settings the run "
+            "was started with, or start a new run (new job.dump_folder)"
+        )
+    raise ScheduleMismatchError(
+        f"the checkpoint is in pass {saved['pass']}, phase {saved['position']} of its pass, "
+        f"blocks {saved['blocks']}, but this job's cycle has pass {live['pass']}, phase "
+        f"{live['position']}, blocks {live['blocks']} there"
+        + (" and another order generator state (phases.cycle.seed or order changed?)"
+           if saved["generator_state"] != live["generator_state"] else "")
+        + "; resume with the [phases.cycle] settings the run was started with, or start a new "
+        "run (new job.dump_folder)"
+    )

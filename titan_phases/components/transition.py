@@ -1,11 +1,13 @@
-"""Entering a phase: the one sequence that thaws the model and extends optimizers and schedulers.
+"""Entering a phase: the one sequence that (un)freezes the model and changes optimizers and
+schedulers with it.
 
 Run between steps, at a transition and (for phases 1..saved) when a job resumes, before the
 checkpoint is loaded::
 
     set_trainable(model_parts, plan.trainable)     # reshards every FSDP2 module first
     refresh_fsdp_mixed_precision(model_parts)      # dtypes for newly trainable FSDP2 groups
-    optimizers.add_phase(...)                       # new param group, or a rebuilt optimizer
+    optimizers.add_phase(...)                       # frozen params leave with their state; a
+                                                    # new param group, or a rebuilt optimizer
     lr_schedulers.add_phase(...)                    # the new group's lr at the current step
     limit_backward_all_gathers(model_parts)         # frozen blocks stay sharded in backward
     torch.compiler.reset()                          # with [compile] on
@@ -45,7 +47,8 @@ def enter_phase(
     compiled: bool = False,
     pp_schedule: Any = None,
 ) -> ThawCount:
-    """Thaw ``plan``'s params and extend the optimizers and LR schedulers to its phase.
+    """Freeze and thaw ``plan``'s params and bring the optimizers and LR schedulers to its
+    phase.
 
     ``compiled``: the model runs under ``torch.compile``, whose graphs may have specialised on
     ``requires_grad`` (pytorch issue 139476); they are dropped so the next step recompiles.
@@ -60,7 +63,8 @@ def enter_phase(
         class_path, init_args = plan.optimizer
         optimizer = (class_path, dict(init_args))
     optimizers.add_phase(
-        plan.index, params_per_part(model_parts, plan.params), lr=plan.lr, optimizer=optimizer
+        plan.index, params_per_part(model_parts, plan.params), lr=plan.lr, optimizer=optimizer,
+        leaving_per_part=params_per_part(model_parts, plan.frozen), groups=plan.groups,
     )
     scheduler = plan.lr_scheduler
     if scheduler is None:
@@ -90,10 +94,14 @@ def transition_summary(
 ) -> str:
     """The one log line that says what a transition changed."""
     lrs = [f"{g['lr']:.3g}" for g in next(iter(optimizers)).param_groups]
+    froze = (
+        f"froze {len(plan.frozen)} tensors ({sum(param_numels[n] for n in plan.frozen):,} "
+        "elements), " if plan.frozen else ""
+    )
     return (
         f"Phase {transition.from_phase} -> {transition.to_phase} after step "
-        f"{transition.after_step} ({transition.reason}): thawed {len(plan.params)} tensors, "
-        f"{sum(param_numels[name] for name in plan.params):,} elements "
+        f"{transition.after_step} ({transition.reason}): {froze}thawed {len(plan.params)} "
+        f"tensors, {sum(param_numels[name] for name in plan.params):,} elements "
         f"({trainable.elements:,} of {sum(param_numels.values()):,} trainable); optimizer "
         f"{optimizers.optimizer_cls.__name__}; lr scheduler "
         f"{type(lr_schedulers.schedulers[0]).__name__}; group lrs [{', '.join(lrs)}]"

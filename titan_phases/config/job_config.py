@@ -24,6 +24,54 @@ from typing import Any, Literal
 
 
 @dataclass
+class Cycle:
+    """A generated block-cyclic schedule (block-coordinate fine-tuning, as BAdam and LISA do):
+    ``blocks_per_phase`` transformer blocks train for ``steps_per_phase`` steps, then the next
+    blocks take over and the ones that leave stop training, their optimizer state freed. Full
+    fine-tuning of every block, with the optimizer state of a few blocks at a time.
+    """
+
+    enable: bool = False
+    """Generate the schedule as a cycle over the model's blocks (no schedule file or inline
+    schedule, and none of the other generated-schedule settings of ``[phases]``)."""
+
+    order: Literal["descending", "ascending", "random", "sampled"] = "descending"
+    """
+    Which blocks each phase trains:
+    - 'descending' (BAdam's default) / 'ascending': the blocks in turn, top-down / bottom-up,
+      ``blocks_per_phase`` neighbouring blocks at a time; every pass the same order;
+    - 'random': a new random permutation of the blocks every pass (BAdam's 'random');
+    - 'sampled': every phase ``blocks_per_phase`` blocks drawn uniformly without replacement,
+      independently of the phases before (LISA).
+    """
+
+    blocks_per_phase: int = 1
+    """Blocks that train together in a phase (BAdam: 1; LISA: its ``n_layers``)."""
+
+    steps_per_phase: int = 50
+    """Steps each phase trains before the next one starts (BAdam's ``switch_block_every``, LISA's
+    ``interval_steps``)."""
+
+    passes: int = 0
+    """Passes over the blocks (a pass: every block once; for 'sampled', as many phases as a
+    pass of the other orders has). 0: as many phases as ``training.steps`` holds."""
+
+    always_train: list[str] = field(default_factory=list)
+    """Parameters that train in every phase, names and/or regexes as in a phase's ``params``
+    (e.g. ``["output.weight", "norm.weight"]``; LISA also trains ``tok_embeddings.weight``).
+    They keep their optimizer state throughout. Parameters outside every block and not listed
+    here stay frozen, as in BAdam."""
+
+    seed: int = 0
+    """Seed of the 'random' and 'sampled' orders; the generator's state is saved with every
+    checkpoint, so a resumed run goes on with the same blocks."""
+
+    lr: float = 0.0
+    """The lr of the param group each entering block joins with. 0: the current optimizer's lr
+    (``[optimizer] lr``), following the LR schedule from the current step."""
+
+
+@dataclass
 class Phases:
     schedule_file: str = ""
     """
@@ -147,9 +195,16 @@ class Phases:
       either way (no plateau count, no best state).
     """
 
+    cycle: Cycle = field(default_factory=Cycle)
+    """A generated block-cyclic schedule, ``[phases.cycle]`` (see :class:`Cycle`)."""
+
     def effective_transition_mode(self, validation_enabled: bool) -> str:
-        """``transition_mode`` with 'auto' resolved against ``[validation] enable``."""
+        """``transition_mode`` with 'auto' resolved: a cycle changes blocks every
+        ``steps_per_phase`` steps; other schedules watch the validation loss too when
+        ``[validation] enable``."""
         if self.transition_mode == "auto":
+            if self.cycle.enable is True:
+                return "step"
             return "both" if validation_enabled else "step"
         return self.transition_mode
 

@@ -107,8 +107,30 @@ class Plan:
         seconds = [p.seconds for p in self.phases]
         return None if any(s is None for s in seconds) else sum(seconds)  # type: ignore[misc]
 
+    @property
+    def peak(self) -> tuple[RankMemory, ...]:
+        """Per rank, the most it holds in any phase, of each kind of bytes (a cycle's peak;
+        the kinds may peak in different phases, the total is the largest phase total)."""
+        peaks = []
+        for rank in range(self.world_size):
+            held = [phase.memory[rank] for phase in self.phases]
+            state = [m.optimizer_state for m in held]
+            peaks.append(RankMemory(
+                params=max(m.params for m in held), grads=max(m.grads for m in held),
+                optimizer_state=None if None in state else max(state),  # type: ignore[type-var]
+            ))
+        return tuple(peaks)
+
+    @property
+    def peak_total(self) -> tuple[int | None, ...]:
+        """Per rank, the largest total of any phase."""
+        totals = [[phase.memory[rank].total for phase in self.phases]
+                  for rank in range(self.world_size)]
+        return tuple(None if None in t else max(t) for t in totals)  # type: ignore[type-var]
+
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "total_seconds": self.total_seconds}
+        return {**asdict(self), "total_seconds": self.total_seconds,
+                "peak": [asdict(m) for m in self.peak], "peak_total": list(self.peak_total)}
 
 
 def state_bytes(
@@ -311,6 +333,11 @@ def render_plan(plan: Plan) -> str:
     if plan.seconds_per_step is not None:
         header.append("wall time")
     rows = [header]
+
+    def memory_cells(memory: Sequence[RankMemory], totals: Sequence[int | None]) -> list[str]:
+        return [_amount([m.params for m in memory], unit), _amount([m.grads for m in memory], unit),
+                _amount([m.optimizer_state for m in memory], unit), _amount(totals, unit)]
+
     for phase in (*plan.phases, plan.full):
         memory = phase.memory
         row = [
@@ -319,17 +346,17 @@ def render_plan(plan: Plan) -> str:
             f"{phase.trainable_params:,}",
             phase.optimizer,
             f"{phase.flops_ratio:.3f}",
-            _amount([m.params for m in memory], unit),
-            _amount([m.grads for m in memory], unit),
-            _amount([m.optimizer_state for m in memory], unit),
-            _amount([m.total for m in memory], unit),
+            *memory_cells(memory, [m.total for m in memory]),
         ]
         if plan.seconds_per_step is not None:
             row.append(_duration(phase.seconds))
         rows.append(row)
+    if len(plan.phases) > 1:
+        peak = ["peak over phases", "", "", "", "", *memory_cells(plan.peak, plan.peak_total)]
+        rows.insert(len(plan.phases) + 1, peak + [""] * (len(header) - len(peak)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for i, row in enumerate(rows):
-        if i == len(rows) - 1:
+        if i in (len(rows) - 1, len(plan.phases) + 1):
             lines.append("")
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     if plan.seconds_per_step is not None:
@@ -339,8 +366,9 @@ def render_plan(plan: Plan) -> str:
     lines += [
         "",
         "Memory: what each rank holds between steps (sharded params, their grads, optimizer",
-        "state); a-b is the range over ranks. Not included: activations, the unsharded params",
-        "FSDP all-gathers for forward and backward, communication buffers.",
+        "state); a-b is the range over ranks; the peak is each rank's most over the phases.",
+        "Not included: activations, the unsharded params FSDP all-gathers for forward and",
+        "backward, communication buffers.",
         "FLOPs/step vs full: the FLOP model (forward everywhere, backward from the lowest",
         "trainable layer up); <= marks a phase a plateau may end sooner.",
     ]

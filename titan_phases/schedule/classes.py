@@ -147,6 +147,17 @@ def optimizer_from_config(config: Any) -> tuple[type[torch.optim.Optimizer], dic
     return optimizer_cls, kwargs
 
 
+def configured_lr(optimizer_cls: type, init_args: Mapping[str, Any]) -> float | None:
+    """The lr ``optimizer_cls(params, **init_args)`` runs with: ``init_args["lr"]``, else the
+    class's default; None for a class without an lr argument or default."""
+    if "lr" in init_args:
+        return float(init_args["lr"])
+    lr = inspect.signature(optimizer_cls).parameters.get("lr")
+    if lr is None or lr.default is inspect.Parameter.empty:
+        return None
+    return float(lr.default)
+
+
 def _lambda_from_spec(spec: Any) -> Any:
     """``"pkg.mod.fn"`` or ``{function = "pkg.mod.fn", kwargs = {...}}`` -> a callable that
     pickles by reference (checkpoints store the scheduler state, lambdas included)."""

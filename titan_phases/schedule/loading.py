@@ -23,6 +23,7 @@ from .schema import LRSchedulerInit, OptimizerInit, Phase, PhaseSchedule
 
 PHASE_KEYS = (
     "params",
+    "freeze",
     "max_transition_step",
     "lr",
     "new_optimizer",
@@ -200,33 +201,36 @@ def parse_lr_scheduler_init(raw: Any, source: str, phase: int | None, prefix: st
     return LRSchedulerInit(class_path, init_args, init_pg_lrs, use_current)
 
 
-def _parse_params(raw: Any, source: str, phase: int, problems: Problems) -> tuple[str, ...]:
+def _parse_params(raw: Any, source: str, phase: int, problems: Problems,
+                  key: str = "params") -> tuple[str, ...]:
+    """A list of parameter names/regexes under ``key`` (``params`` or ``freeze``)."""
+    does = "thaws" if key == "params" else "stops training"
     if isinstance(raw, str):
-        problems.error(source, phase, "params", f"expected a list, got the string {raw!r}",
-                       f"write params = [{raw!r}]")
+        problems.error(source, phase, key, f"expected a list, got the string {raw!r}",
+                       f"write {key} = [{raw!r}]")
         return ()
     if not isinstance(raw, list) or not raw:
-        problems.error(source, phase, "params", f"expected a non-empty list of names/regexes, "
-                       f"got {raw!r}", "list the parameters this phase thaws")
+        problems.error(source, phase, key, f"expected a non-empty list of names/regexes, "
+                       f"got {raw!r}", f"list the parameters this phase {does}")
         return ()
     patterns = []
     first_index: dict[str, int] = {}
     for i, pattern in enumerate(raw):
         if not isinstance(pattern, str) or not pattern.strip():
-            problems.error(source, phase, f"params[{i}]",
+            problems.error(source, phase, f"{key}[{i}]",
                            f"expected a parameter name or regex, got {pattern!r}")
             continue
         if pattern in first_index:
             # Harmless to matching, but usually a copy that was meant to be edited.
-            problems.error(source, phase, f"params[{i}]",
-                           f"{pattern!r} is listed twice (also params[{first_index[pattern]}])",
+            problems.error(source, phase, f"{key}[{i}]",
+                           f"{pattern!r} is listed twice (also {key}[{first_index[pattern]}])",
                            "remove the copy, or change it to the parameters it was meant for")
             continue
         first_index[pattern] = i
         try:
             re.compile(pattern)
         except re.error as e:
-            problems.error(source, phase, f"params[{i}]", f"invalid regex {pattern!r}: {e}",
+            problems.error(source, phase, f"{key}[{i}]", f"invalid regex {pattern!r}: {e}",
                            "escape literal dots and brackets, e.g. layers\\.0\\..*")
             continue
         patterns.append(pattern)
@@ -239,10 +243,17 @@ def _parse_phase(index: int, raw: Any, source: str, problems: Problems) -> Phase
                        f"write [{index}] followed by params = [...]")
         return Phase(index, ())
     _unknown_keys(raw, PHASE_KEYS, source, index, "", problems)
-    if "params" not in raw:
+    if "params" not in raw and "freeze" not in raw:
         problems.error(source, index, "params", "missing",
                        "list the parameters this phase thaws: params = [...]")
     params = _parse_params(raw["params"], source, index, problems) if "params" in raw else ()
+    freeze: tuple[str, ...] = ()
+    if "freeze" in raw:
+        if index == 0:
+            problems.error(source, index, "freeze", "phase 0 is the first to train: there is "
+                           "nothing to freeze yet", "remove freeze from phase 0")
+        else:
+            freeze = _parse_params(raw["freeze"], source, index, problems, key="freeze")
 
     step = raw.get("max_transition_step")
     if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 1):
@@ -265,7 +276,7 @@ def _parse_phase(index: int, raw: Any, source: str, problems: Problems) -> Phase
     if "new_lr_scheduler" in raw:
         new_lr_scheduler = parse_lr_scheduler_init(raw["new_lr_scheduler"], source, index,
                                                    "new_lr_scheduler", problems)
-    return Phase(index, params, step, lr, new_optimizer, new_lr_scheduler, max_norm)
+    return Phase(index, params, step, lr, new_optimizer, new_lr_scheduler, max_norm, freeze)
 
 
 def _phase_index(key: Any) -> int | None:

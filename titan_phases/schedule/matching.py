@@ -1,4 +1,4 @@
-"""Resolve a phase's ``params`` patterns to parameter names.
+"""Resolve a phase's ``params`` and ``freeze`` patterns to parameter names.
 
 Names are compared in canonical form: the path segments that torch.compile
 (``_orig_mod``), activation checkpointing (``_checkpoint_wrapped_module``) and FSDP1
@@ -13,11 +13,13 @@ wrapper segments: write names as ``model.named_parameters()`` prints them on the
 from __future__ import annotations
 
 import difflib
+import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 from .errors import Problems
-from .schema import PhaseSchedule
+from .schema import Phase, PhaseSchedule
 
 WRAPPER_SEGMENTS = frozenset({"_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"})
 
@@ -53,23 +55,51 @@ def _no_match_hint(pattern: str, names: Sequence[str]) -> str:
     return f"parameter names look like {names[0]!r}; see `titan-phases show --params`"
 
 
+class PhaseMatch(NamedTuple):
+    """What each phase does to the model's parameters, by canonical name in model order."""
+
+    thawed: list[list[str]]
+    """Per phase, the parameters it thaws (``params``)."""
+    frozen: list[list[str]]
+    """Per phase, the parameters it stops training (``freeze``)."""
+
+
+def _matcher(names: Sequence[str]) -> Callable[[str], list[str]]:
+    """Pattern -> the names it matches; a long schedule repeats few patterns (a cycle's blocks),
+    so each is matched against the model once."""
+    name_set = frozenset(names)
+
+    @functools.cache
+    def matches(pattern: str) -> list[str]:
+        return _pattern_matches(pattern, names, name_set)
+
+    return matches
+
+
 def match_phase_params(
     schedule: PhaseSchedule, param_names: Iterable[str], problems: Problems
-) -> list[list[str]]:
-    """Per phase, the canonical names its patterns select, in model order.
+) -> PhaseMatch:
+    """Per phase, the canonical names it thaws and freezes, in model order.
 
-    Reports into ``problems`` a pattern matching no parameter, and a parameter selected by
-    more than one phase (against the later phase; the earlier phase keeps it).
+    Phases apply in order, each its ``freeze`` before its ``params``. Reports into ``problems``
+    a pattern matching no parameter; a ``params`` pattern selecting a parameter that is
+    trainable at that point (thawed before and not frozen since: the earlier phase keeps it);
+    a ``freeze`` pattern selecting one that is not trainable then; a parameter the same phase
+    freezes and thaws; and a phase in which no parameter trains.
     """
     names = list(dict.fromkeys(canonical_param_name(n) for n in param_names))
-    name_set = frozenset(names)
     order = {n: i for i, n in enumerate(names)}
-    owner: dict[str, int] = {}
-    resolved: list[list[str]] = []
+    matches = _matcher(names)
+    owner: dict[str, int] = {}  # a trainable parameter -> the phase that thawed it
+    thawed: list[list[str]] = []
+    frozen: list[list[str]] = []
     for phase in schedule.phases:
+        leaving = _match_freeze(schedule.source, phase, matches, owner, names, problems)
+        for name in leaving:
+            del owner[name]
         selected: set[str] = set()
         for i, pattern in enumerate(phase.params):
-            matched = _pattern_matches(pattern, names, name_set)
+            matched = matches(pattern)
             if not matched:
                 problems.error(schedule.source, phase.index, f"params[{i}]",
                                f"{pattern!r} matches no parameter of the model",
@@ -85,20 +115,78 @@ def match_phase_params(
                 problems.error(
                     schedule.source, phase.index, f"params[{i}]",
                     f"{pattern!r} also selects {len(overlap)} parameter(s) already in phase "
-                    f"{other}: {_shorten(overlap)}",
-                    f"a parameter belongs to exactly one phase: narrow this pattern or remove "
-                    f"the parameter(s) from phase {other}",
+                    f"{other}, still trainable: {_shorten(overlap)}",
+                    f"a parameter trains in one phase's group at a time: narrow this pattern, "
+                    f"remove the parameter(s) from phase {other}, or freeze them in between",
                 )
+        both = sorted(selected & set(leaving), key=order.__getitem__)
+        if both:
+            problems.error(schedule.source, phase.index, "freeze",
+                           f"freezes and thaws the same parameter(s): {_shorten(both)}",
+                           "remove them from freeze or from params")
         for name in selected:
             owner[name] = phase.index
-        resolved.append(sorted(selected, key=order.__getitem__))
-    return resolved
+        if not owner and not problems.has(phase.index, "params"):
+            problems.error(schedule.source, phase.index, "freeze",
+                           "no parameter trains in this phase",
+                           "freeze fewer parameters, or thaw some in this phase")
+        thawed.append(sorted(selected, key=order.__getitem__))
+        frozen.append(sorted(leaving, key=order.__getitem__))
+    return PhaseMatch(thawed, frozen)
+
+
+def _match_freeze(
+    source: str, phase: Phase, matches: Callable[[str], list[str]], owner: dict[str, int],
+    names: Sequence[str], problems: Problems,
+) -> list[str]:
+    """The trainable parameters ``phase.freeze`` selects; reports patterns that match none."""
+    leaving: set[str] = set()
+    for i, pattern in enumerate(phase.freeze):
+        matched = matches(pattern)
+        if not matched:
+            problems.error(source, phase.index, f"freeze[{i}]",
+                           f"{pattern!r} matches no parameter of the model",
+                           _no_match_hint(pattern, names))
+            continue
+        idle = [name for name in matched if name not in owner]
+        if idle:
+            problems.error(source, phase.index, f"freeze[{i}]",
+                           f"{pattern!r} selects {len(idle)} parameter(s) that do not train "
+                           f"before phase {phase.index}: {_shorten(idle)}",
+                           "freeze only parameters an earlier phase thawed (and did not freeze)")
+        leaving.update(name for name in matched if name in owner)
+    return list(leaving)
+
+
+def select_params(
+    patterns: Sequence[str], param_names: Iterable[str], source: str, key: str,
+    problems: Problems,
+) -> list[str]:
+    """The canonical names ``patterns`` select (outside a phase, e.g. a cycle's
+    ``always_train``), in model order; reports a pattern that is not a valid regex or matches
+    nothing as ``key[i]``."""
+    names = list(dict.fromkeys(canonical_param_name(n) for n in param_names))
+    matches = _matcher(names)
+    selected: set[str] = set()
+    for i, pattern in enumerate(patterns):
+        try:
+            matched = matches(pattern)
+        except re.error as e:
+            problems.error(source, None, f"{key}[{i}]", f"invalid regex {pattern!r}: {e}",
+                           "escape literal dots and brackets, e.g. layers\\.0\\..*")
+            continue
+        if not matched:
+            problems.error(source, None, f"{key}[{i}]",
+                           f"{pattern!r} matches no parameter of the model",
+                           _no_match_hint(pattern, names))
+        selected.update(matched)
+    return [name for name in names if name in selected]
 
 
 def resolve_phase_params(schedule: PhaseSchedule, param_names: Iterable[str]) -> list[list[str]]:
     """Per phase, the canonical parameter names it thaws. Raises ScheduleError when a pattern
-    matches nothing or a parameter is selected by two phases."""
+    matches nothing or a parameter is thawed while it still trains."""
     problems = Problems()
     resolved = match_phase_params(schedule, param_names, problems)
     problems.raise_if_any()
-    return resolved
+    return resolved.thawed

@@ -12,19 +12,19 @@ TrainSpec builders, which read the schedule back with :func:`attached_schedule`.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from torchtitan.config import JobConfig
 
 from . import classes
+from .cycle import CyclePosition, generate_cycle
 from .errors import Problem, Problems, ScheduleError
 from .generation import generate_schedule
 from .loading import parse_schedule, read_schedule_file, resolve_schedule_path
-from .matching import canonical_param_name, match_phase_params
+from .matching import match_phase_params, select_params
 from .model_info import model_param_numels
 from .schema import LRSchedulerInit, OptimizerInit, Phase, running_phase_count
 from .validation import (
@@ -59,7 +59,7 @@ class PhasePlan:
     params: tuple[str, ...]
     """Canonical names of the parameters this phase thaws."""
     trainable: tuple[str, ...]
-    """Canonical names of every parameter trainable during the phase (phases 0..index)."""
+    """Canonical names of every parameter trainable during the phase."""
     lr: float
     """Initial lr of the param group the phase adds, ``lr_scale`` applied."""
     optimizer: tuple[str, Mapping[str, Any]] | None
@@ -68,6 +68,12 @@ class PhasePlan:
     """A new LR scheduler, or None to let the running one cover the new group."""
     max_norm: float
     """Gradient clipping norm during the phase."""
+    frozen: tuple[str, ...] = ()
+    """Canonical names of the parameters that stop training when the phase starts."""
+    groups: tuple[int, ...] | None = None
+    """The optimizer's param groups during the phase, by the phase that added each (a phase
+    with ``params`` adds one; a group leaves once all its parameters are frozen). None: every
+    phase so far added one and none left (a plan made by hand for a schedule that only thaws)."""
 
 
 class _PhaseTables(NamedTuple):
@@ -81,7 +87,29 @@ class _PhaseTables(NamedTuple):
     group_lr: tuple[float, ...]
     latest_init_pg_lrs: tuple[int | None, ...]
     """The latest phase >= 1 up to each phase whose new LR scheduler has ``init_pg_lrs``."""
-    phase_of: Mapping[str, int]
+    trainable: tuple[tuple[str, ...], ...]
+    """Per phase, every parameter that trains in it, in model order."""
+    groups: tuple[tuple[int, ...], ...]
+    """Per phase, its param groups by the phase that added each (see :class:`PhasePlan`)."""
+
+
+def trainable_and_groups(
+    names: Iterable[str], thawed: Sequence[Sequence[str]], frozen: Sequence[Sequence[str]]
+) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[int, ...], ...]]:
+    """Per phase, the parameters that train in it (in the order of ``names``, the model's) and
+    its optimizer param groups by the phase that added each, given what each phase thaws and
+    freezes (a param group leaves once none of its parameters trains)."""
+    order = {name: i for i, name in enumerate(names)}
+    group_of: dict[str, int] = {}  # a trainable parameter -> the phase that thawed it
+    trainable: list[tuple[str, ...]] = []
+    groups: list[tuple[int, ...]] = []
+    for k, (entering, leaving) in enumerate(zip(thawed, frozen)):
+        for name in leaving:
+            group_of.pop(name, None)
+        group_of.update(dict.fromkeys(entering, k))
+        trainable.append(tuple(sorted(group_of, key=order.__getitem__)))
+        groups.append(tuple(sorted(set(group_of.values()))))
+    return tuple(trainable), tuple(groups)
 
 
 @dataclass(frozen=True)
@@ -92,7 +120,9 @@ class ResolvedSchedule:
         phases: the phases that run (``max_depth`` applied); ``phases[k].index == k``.
         source: where the schedule came from (file, inline table, or generated from a job).
         phase_params: per running phase, the canonical names of the parameters it thaws.
+        phase_frozen: per running phase, the canonical names of the parameters it freezes.
         frozen_params: parameters never thawed: in no phase, or in a phase beyond ``max_depth``.
+        cycle: per running phase, its place in a generated cycle (None for other schedules).
         dropped_phases: phases beyond ``max_depth`` (validated, but never run).
         param_numels: every model parameter (canonical name -> elements), in model order.
         generated: whether the schedule was generated (no schedule file / inline schedule).
@@ -114,6 +144,8 @@ class ResolvedSchedule:
     base_max_norm: float
     apply_lambdas_new_pgs: bool = True
     warnings: tuple[Problem, ...] = ()
+    phase_frozen: tuple[tuple[str, ...], ...] = ()
+    cycle: tuple[CyclePosition, ...] | None = None
 
     @property
     def num_phases(self) -> int:
@@ -132,6 +164,8 @@ class ResolvedSchedule:
             index=k,
             params=self.phase_params[k],
             trainable=self.trainable_params(k),
+            frozen=self.frozen_at(k),
+            groups=self.groups(k),
             lr=self.group_lr(k),
             optimizer=(
                 None
@@ -171,25 +205,30 @@ class ResolvedSchedule:
             max_norm.append(norm)
             latest_init_pg_lrs.append(given)
             if own_lrs is not None:
-                group_lr.append(own_lrs[phase.index] * self.lr_scale)
+                # The last entry is the new group's (init_pg_lrs lists the phase's groups).
+                group_lr.append(own_lrs[-1] * self.lr_scale)
             elif phase.lr is not None:
                 group_lr.append(phase.lr * self.lr_scale)
             else:
                 group_lr.append((self.base_lr if init_lr is None else init_lr) * self.lr_scale)
-        phase_of: dict[str, int] = {}
-        for k, names in enumerate(self.phase_params):
-            for name in names:
-                phase_of.setdefault(name, k)
+        frozen = [self.frozen_at(k) for k in range(self.num_phases)]
+        trainable, groups = trainable_and_groups(self.param_numels, self.phase_params, frozen)
         return _PhaseTables(tuple(optimizer), tuple(max_norm), tuple(group_lr),
-                            tuple(latest_init_pg_lrs), phase_of)
-
-    def phase_of(self, name: str) -> int | None:
-        """The phase that thaws parameter ``name`` (wrapped names accepted), None if never."""
-        return self._tables.phase_of.get(canonical_param_name(name))
+                            tuple(latest_init_pg_lrs), trainable, groups)
 
     def trainable_params(self, k: int) -> tuple[str, ...]:
-        """All parameters trainable during phase ``k``: those of phases 0..k."""
-        return tuple(n for names in self.phase_params[: k + 1] for n in names)
+        """Every parameter trainable during phase ``k``, in model order: those thawed by phases
+        0..k and not frozen since."""
+        return self._tables.trainable[k]
+
+    def frozen_at(self, k: int) -> tuple[str, ...]:
+        """The parameters phase ``k`` freezes when it starts."""
+        return self.phase_frozen[k] if self.phase_frozen else ()
+
+    def groups(self, k: int) -> tuple[int, ...]:
+        """Phase ``k``'s optimizer param groups, by the phase that added each. For a schedule
+        that only thaws, ``(0, 1, ..., k)``."""
+        return self._tables.groups[k]
 
     def optimizer_at(self, k: int) -> OptimizerInit | None:
         """The optimizer config in effect during phase ``k``: the latest ``new_optimizer`` at or
@@ -203,12 +242,12 @@ class ResolvedSchedule:
         return self._tables.group_lr[k]
 
     def initial_lrs(self, k: int) -> tuple[float, ...]:
-        """The initial lr of every param group (phases 0..k) in phase ``k``, ``lr_scale``
+        """The initial lr of every param group of phase ``k`` (:meth:`groups`), ``lr_scale``
         applied, as FTS keeps it; a new LR scheduler without ``init_pg_lrs`` (or
         ``use_current_optimizer_pg_lrs``) restarts the groups there.
 
-        Group ``i``'s is the entry for it in the latest ``init_pg_lrs`` up to phase k, else the
-        lr it joined with (:meth:`group_lr`). Phase 0's group has no phase lr of its own: it
+        A group's is the entry for it in the latest ``init_pg_lrs`` up to phase k, else the lr
+        it joined with (:meth:`group_lr`). Phase 0's group has no phase lr of its own: it
         takes the lr of the latest ``new_optimizer`` up to phase k (``init_args.lr``, else the
         class's default lr), since FTS rebuilds that group with the new optimizer's defaults,
         else ``[optimizer] lr``.
@@ -219,22 +258,22 @@ class ResolvedSchedule:
         this keeps the phase lr.
         """
         group_lr = self._tables.group_lr
-        # The latest init_pg_lrs covers groups 0..j, and so every earlier one.
+        # The latest init_pg_lrs gives the lr of each group of its phase j; a group of phase k
+        # older than j was one of them (a group only loses parameters once it exists).
         j = self._tables.latest_init_pg_lrs[k]
-        if j is None:
-            return (self._phase0_initial_lr(k), *group_lr[1 : k + 1])
-        return (*self.init_pg_lrs(j), *group_lr[j + 1 : k + 1])
+        given = {} if j is None else dict(zip(self.groups(j), self.init_pg_lrs(j)))
+        return tuple(
+            given[t] if t in given else self._phase0_initial_lr(k) if t == 0 else group_lr[t]
+            for t in self.groups(k)
+        )
 
     def _phase0_initial_lr(self, k: int) -> float:
         init = self.optimizer_at(k)
         if init is None:
             return self.base_lr * self.lr_scale
-        if "lr" in init.init_args:
-            return float(init.init_args["lr"]) * self.lr_scale
-        lr = inspect.signature(classes.import_object(init.class_path)).parameters.get("lr")
-        if lr is None or lr.default is inspect.Parameter.empty:
-            return self.base_lr * self.lr_scale  # an optimizer without an lr argument
-        return float(lr.default) * self.lr_scale
+        lr = classes.configured_lr(classes.import_object(init.class_path), init.init_args)
+        # An optimizer without an lr argument keeps [optimizer] lr.
+        return (self.base_lr if lr is None else lr) * self.lr_scale
 
     def init_pg_lrs(self, k: int) -> tuple[float, ...] | None:
         """Phase ``k``'s ``new_lr_scheduler.init_pg_lrs`` with ``lr_scale`` applied, or None."""
@@ -318,13 +357,22 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
         problems.raise_if_any()
 
     max_depth = -1 if "max_depth" in settings.invalid else cfg.max_depth
+    mode = cfg.effective_transition_mode(job_config.validation.enable)
+    cycle = None
     if explicit:
         schedule = parse_schedule(raw, source, problems)
+    elif cfg.cycle.enable:
+        max_depth = -1
+        always_train = select_params(cfg.cycle.always_train, numels, config_source,
+                                     "phases.cycle.always_train", problems)
+        cycle = generate_cycle(list(numels), cfg.cycle, always_train, job_config.training.steps,
+                               f"cycle generated from {config_source}", problems)
+        problems.raise_if_any()
+        schedule = cycle.schedule
     else:
         schedule = generate_schedule(
             list(numels), blocks_per_phase=cfg.blocks_per_phase, max_depth=max_depth,
-            transition_mode=cfg.effective_transition_mode(job_config.validation.enable),
-            training_steps=job_config.training.steps,
+            transition_mode=mode, training_steps=job_config.training.steps,
             steps_per_phase=cfg.steps_per_phase, reinit_optimizer=settings.reinit_optimizer,
             reinit_lr_scheduler=settings.reinit_lr_scheduler,
             base_max_lr=cfg.base_max_lr,
@@ -333,29 +381,28 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
     n_running = running_phase_count(len(schedule.phases), max_depth)
 
     check_phase_zero(schedule, problems)
-    phase_params = match_phase_params(schedule, numels, problems)
+    matched = match_phase_params(schedule, numels, problems)
     if explicit:
         if "transition_mode" not in settings.invalid:
-            check_transitions(schedule, n_running,
-                              cfg.effective_transition_mode(job_config.validation.enable),
-                              job_config.training.steps, problems)
-        check_reinits(schedule, cfg, job_config, problems)
-    else:
+            check_transitions(schedule, n_running, mode, job_config.training.steps, problems)
+        group_counts = [len(g) for g in trainable_and_groups(numels, *matched)[1]]
+        check_reinits(schedule, group_counts, cfg, job_config, problems)
+    elif cycle is None:
         check_implicit_reinits(settings.reinit_optimizer, settings.reinit_lr_scheduler, n_running,
                                config_source, cfg, job_config, problems)
     problems.raise_if_any()
 
-    running = tuple(tuple(names) for names in phase_params[:n_running])
+    running = tuple(tuple(names) for names in matched.thawed[:n_running])
     thawed = {n for names in running for n in names}
     frozen = tuple(n for n in numels if n not in thawed)
     dropped = schedule.phases[n_running:]
     if dropped:
-        count = sum(len(names) for names in phase_params[n_running:])
+        count = sum(len(names) for names in matched.thawed[n_running:])
         problems.warn(config_source, None, "phases.max_depth",
                       f"max_depth = {max_depth} drops phases "
                       f"{dropped[0].index}..{dropped[-1].index}; their {count} parameter(s) "
                       "stay frozen")
-    assigned = {n for names in phase_params for n in names}
+    assigned = {n for names in matched.thawed for n in names}
     in_no_phase = [n for n in numels if n not in assigned]
     if in_no_phase:
         problems.warn(source, None, "params",
@@ -375,6 +422,8 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
         base_max_norm=float(job_config.training.max_norm),
         apply_lambdas_new_pgs=cfg.apply_lambdas_new_pgs,
         warnings=tuple(problems.warnings),
+        phase_frozen=tuple(tuple(names) for names in matched.frozen[:n_running]),
+        cycle=None if cycle is None else cycle.positions[:n_running],
     )
 
 

@@ -1,8 +1,10 @@
 """The phase schedule as typed, immutable values.
 
-A schedule is a sequence of phases 0..N-1. Phase k thaws its ``params`` and adds one optimizer
-param group holding them, so during phase k the optimizer has k+1 param groups per model part,
-group i holding phase i's parameters. Nothing is ever re-frozen.
+A schedule is a sequence of phases 0..N-1. Phase k stops training the parameters its ``freeze``
+names (their optimizer state is dropped), then thaws its ``params`` and adds one optimizer param
+group holding them. During phase k the optimizer therefore has one param group per phase
+0..k whose parameters still train, in phase order. A parameter frozen again may be thawed by a
+later phase; it then starts with fresh optimizer state in that phase's group.
 
 ``init_args`` mappings are stored as parsed; treat them as read-only.
 """
@@ -69,6 +71,8 @@ class Phase:
         index: the phase number, 0-based.
         params: parameter names and/or regexes (``re.fullmatch``) as written; a pattern equal to
             a parameter name matches only that parameter.
+        freeze: parameters (names and/or regexes) that stop training when the phase starts;
+            each must be trainable then. Not allowed in phase 0.
         max_transition_step: the last training step (torchtitan's 1-based ``step``) of this phase;
             the next phase starts at the step after it. None: the phase ends on a plateau, or runs
             to the end of training.
@@ -88,9 +92,12 @@ class Phase:
     new_optimizer: OptimizerInit | None = None
     new_lr_scheduler: LRSchedulerInit | None = None
     max_norm: float | None = None
+    freeze: tuple[str, ...] = ()
 
     def to_raw(self) -> dict[str, Any]:
         raw: dict[str, Any] = {"params": list(self.params)}
+        if self.freeze:
+            raw["freeze"] = list(self.freeze)
         for key in ("max_transition_step", "lr", "max_norm"):
             if getattr(self, key) is not None:
                 raw[key] = getattr(self, key)

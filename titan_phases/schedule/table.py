@@ -1,4 +1,8 @@
-"""The phase table printed by ``titan-phases validate`` and ``show``."""
+"""The phase table printed by ``titan-phases validate`` and ``show``.
+
+A row's ``tensors`` and ``elements`` are what the phase thaws; a schedule whose phases also
+freeze gets a ``freezes`` column (tensors that stop training when the phase starts).
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,8 @@ def phase_rows(resolved: ResolvedSchedule, job_config: JobConfig) -> list[dict[s
             "scheduler": scheduler + (" (new)" if phase.new_lr_scheduler else ""),
             "transition": _transition(resolved, k, job_config),
             "params": list(names),
+            "freezes": len(resolved.frozen_at(k)),
+            "frozen_params": list(resolved.frozen_at(k)),
         })
     if resolved.frozen_params:
         elements = sum(resolved.param_numels[n] for n in resolved.frozen_params)
@@ -56,6 +62,7 @@ def phase_rows(resolved: ResolvedSchedule, job_config: JobConfig) -> list[dict[s
             "phase": "frozen", "tensors": len(resolved.frozen_params), "elements": elements,
             "% model": round(100 * elements / total, 2), "lr": None, "optimizer": "",
             "scheduler": "", "transition": "never thawed", "params": list(resolved.frozen_params),
+            "freezes": None, "frozen_params": [],
         })
     return rows
 
@@ -73,18 +80,23 @@ def _cell(column: str, value: Any) -> str:
 
 
 def render_table(rows: list[dict[str, Any]], with_params: bool = False) -> str:
-    """Aligned plain-text table; ``with_params`` lists each phase's parameters under its row."""
-    cells = [[_cell(c, row[c]) for c in COLUMNS] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
-    numeric = {"tensors", "elements", "% model", "lr"}
+    """Aligned plain-text table; ``with_params`` lists each phase's parameters under its row
+    (the ones it freezes with a leading ``-``)."""
+    columns = list(COLUMNS)
+    if any(row.get("freezes") for row in rows):
+        columns.insert(columns.index("tensors") + 1, "freezes")
+    cells = [[_cell(c, row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    numeric = {"tensors", "freezes", "elements", "% model", "lr"}
 
     def line(values: list[str]) -> str:
         return "  ".join(v.rjust(w) if c in numeric else v.ljust(w)
-                         for c, v, w in zip(COLUMNS, values, widths)).rstrip()
+                         for c, v, w in zip(columns, values, widths)).rstrip()
 
-    out = [line(list(COLUMNS)), line(["-" * w for w in widths])]
+    out = [line(columns), line(["-" * w for w in widths])]
     for row, values in zip(rows, cells):
         out.append(line(values))
         if with_params:
+            out.extend(f"    -{name}" for name in row.get("frozen_params", ()))
             out.extend(f"    {name}" for name in row["params"])
     return "\n".join(out)

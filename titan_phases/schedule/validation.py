@@ -130,6 +130,8 @@ def check_settings(
                                f"restoring the best checkpoint needs [{section}] enable = true",
                                f"set {section}.enable = true, or restore_best = false")
 
+    if cfg.cycle.enable is True:
+        _check_cycle_settings(cfg, source, problems, explicit=explicit)
     reinit_optimizer = reinit_lr_scheduler = None
     if explicit:
         for name in ("reinit_optimizer", "reinit_lr_scheduler"):
@@ -166,6 +168,34 @@ def check_settings(
             valid.discard(name)
     invalid = frozenset(f.name for f in dataclasses.fields(Phases)) - valid
     return Settings(invalid, reinit_optimizer, reinit_lr_scheduler)
+
+
+def _check_cycle_settings(cfg: Phases, source: str, problems: Problems, *, explicit: bool) -> None:
+    """What ``[phases.cycle]`` excludes: a written schedule, and the settings of generated
+    thawing schedules."""
+    if explicit:
+        problems.error(source, None, "phases.cycle.enable",
+                       "a cycle generates the schedule, but phases.schedule_file or an inline "
+                       "[phases.schedule] is given too",
+                       "keep one of them (titan-phases generate writes a cycle out as a "
+                       "schedule file)")
+    for name in ("reinit_optimizer", "reinit_lr_scheduler"):
+        if getattr(cfg, name):
+            problems.error(source, None, f"phases.{name}",
+                           "applies to generated thawing schedules, not to a cycle",
+                           "remove it, or write the cycle out (titan-phases generate) and give "
+                           "phases new_optimizer / new_lr_scheduler")
+    if cfg.transition_mode in ("plateau", "both"):
+        problems.error(source, None, "phases.transition_mode",
+                       f"a cycle changes blocks every phases.cycle.steps_per_phase steps; "
+                       f"{cfg.transition_mode!r} would end phases on the validation loss",
+                       "set transition_mode = 'step' (or 'auto')")
+    defaults = Phases()
+    for name in ("blocks_per_phase", "steps_per_phase", "base_max_lr", "max_depth"):
+        if getattr(cfg, name) != getattr(defaults, name):
+            problems.warn(source, None, f"phases.{name}",
+                          "applies to generated thawing schedules; ignored with a cycle (its "
+                          "own settings are under [phases.cycle])")
 
 
 def check_phase_zero(schedule: PhaseSchedule, problems: Problems) -> None:
@@ -341,7 +371,7 @@ def check_lr_scheduler(
             problems.error(
                 source, phase, f"{prefix}.init_pg_lrs",
                 f"has {len(init.init_pg_lrs)} lr(s), but phase {phase} has {n_groups} param "
-                f"group(s) (one per phase 0..{n_groups - 1})",
+                f"group(s) (one per phase whose parameters still train)",
                 f"give exactly {n_groups} lrs, the last one for this phase's new group",
             )
     init_args = _typed_init_args(cls, init.init_args, source, phase, prefix, problems)
@@ -384,10 +414,11 @@ def _dry_run_lr_scheduler(cls: type, init_args: Mapping[str, Any], n_groups: int
     return error
 
 
-def check_reinits(schedule: PhaseSchedule, cfg: Phases, job_config: JobConfig,
-                  problems: Problems) -> None:
-    """Dry-run every ``new_optimizer`` and ``new_lr_scheduler`` of an explicit schedule."""
-    for phase in schedule.phases:
+def check_reinits(schedule: PhaseSchedule, group_counts: Sequence[int], cfg: Phases,
+                  job_config: JobConfig, problems: Problems) -> None:
+    """Dry-run every ``new_optimizer`` and ``new_lr_scheduler`` of an explicit schedule;
+    ``group_counts``: each phase's number of optimizer param groups."""
+    for phase, n_groups in zip(schedule.phases, group_counts):
         if phase.index == 0:
             continue  # reported by check_phase_zero
         if phase.new_optimizer is not None:
@@ -395,10 +426,10 @@ def check_reinits(schedule: PhaseSchedule, cfg: Phases, job_config: JobConfig,
                             problems)
         scheduler = phase.new_lr_scheduler
         if scheduler is not None:
-            check_lr_scheduler(scheduler, phase.index + 1, schedule.source,
+            check_lr_scheduler(scheduler, n_groups, schedule.source,
                                phase.index, "new_lr_scheduler", cfg, job_config, problems)
             lrs = scheduler.init_pg_lrs
-            if (phase.lr is not None and lrs is not None and len(lrs) == phase.index + 1
+            if (phase.lr is not None and lrs is not None and len(lrs) == n_groups
                     and lrs[-1] != phase.lr):
                 problems.error(
                     schedule.source, phase.index, "new_lr_scheduler.init_pg_lrs",

@@ -31,6 +31,7 @@ match DCP's optimizer keys (:func:`param_fqns`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from collections import Counter
@@ -49,6 +50,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
     StateDictOptions,
 )
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "PhaseMismatchError",
     "check_format_version",
     "check_optimizer_metadata",
+    "create_placeholder_state",
     "hyperparameters",
     "load_optimizer_state_dict",
     "optimizer_metadata",
@@ -70,6 +73,7 @@ __all__ = [
     "verify_optimizer_checkpoint",
     "decode_metadata",
     "decode_state",
+    "drop_placeholder_state",
     "encode_state",
     "entry_names",
     "model_mismatch",
@@ -96,6 +100,8 @@ PLACEHOLDER_KEY_PREFIX = "titan_phases.placeholder."
 """Prefix of the per-parameter flags (``prefix + FQN``) marking placeholder optimizer state."""
 
 FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 _FLAT_OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
 
@@ -319,9 +325,12 @@ def optimizer_state_dict(
     return state_dict
 
 
-def check_optimizer_metadata(saved: dict[str, Any], phase: int, class_path: str) -> None:
+def check_optimizer_metadata(
+    saved: dict[str, Any], phase: int, class_path: str, init_args: dict[str, Any] | None = None
+) -> None:
     """Raise :class:`PhaseMismatchError` unless ``saved`` (:func:`optimizer_metadata`) was
-    written in ``phase`` with the optimizer class ``class_path``."""
+    written in ``phase`` with the optimizer class ``class_path``; warn when it was written with
+    other ``init_args`` (the saved per-group hyperparameters win)."""
     saved_phase = saved["phase"]
     saved_cls = saved["optimizer"]["class_path"]
     if saved_phase != phase:
@@ -336,6 +345,11 @@ def check_optimizer_metadata(saved: dict[str, Any], phase: int, class_path: str)
             f"optimizer state was saved in phase {saved_phase} with {saved_cls} but the live "
             f"optimizer in phase {phase} is {class_path}; the schedule's optimizer reinits "
             "must be the same as when the checkpoint was saved"
+        )
+    if init_args is not None and saved["optimizer"]["init_args"] != init_args:
+        logger.warning(
+            "Optimizer init args differ from the checkpoint's (saved %s, live %s): the saved "
+            "per-group hyperparameters are restored", saved["optimizer"]["init_args"], init_args,
         )
 
 
@@ -417,3 +431,71 @@ def verify_optimizer_checkpoint(
             f"than the live optimizer (phase {phase}; was the schedule changed?): "
             f"not in the checkpoint: {missing[:20]}; only in the checkpoint: {extra[:20]}"
         )
+
+
+# --- placeholder state -----------------------------------------------------------------------
+
+
+def _initial_states(
+    optimizer_cls: type[Optimizer], group: dict[str, Any], params: Sequence[torch.Tensor],
+    optimizer_kwargs: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The state ``optimizer_cls`` creates for ``params`` on a first step with zero grads.
+
+    Runs on scratch zero tensors shaped like ``params`` (DTensors stay DTensors), so the real
+    params, their grads and the live optimizer are untouched.
+    """
+    scratch_params = []
+    for param in params:
+        scratch = torch.zeros_like(param.detach()).requires_grad_(True)
+        scratch.grad = torch.zeros_like(scratch)
+        scratch_params.append(scratch)
+    scratch_group = {**hyperparameters(group), "params": scratch_params, "lr": 0.0}
+    scratch_optimizer = optimizer_cls([scratch_group], **optimizer_kwargs)
+    scratch_optimizer.step()
+    return [scratch_optimizer.state.get(s, {}) for s in scratch_params]
+
+
+def _creates_state(
+    optimizer_cls: type[Optimizer], group: dict[str, Any], optimizer_kwargs: dict[str, Any]
+) -> bool:
+    # A one-element probe tells stateless configurations (e.g. SGD without momentum) apart
+    # without allocating scratch copies of all their params at every checkpoint.
+    param = group["params"][0]
+    local = param.to_local() if isinstance(param, DTensor) else param
+    probe = torch.zeros(1, dtype=local.dtype, device=local.device)
+    return bool(_initial_states(optimizer_cls, group, [probe], optimizer_kwargs)[0])
+
+
+def create_placeholder_state(
+    optimizers: Sequence[Optimizer], optimizer_kwargs: dict[str, Any]
+) -> set[torch.Tensor]:
+    """Give every optimized param without state the state its optimizer's first step would
+    create with zero gradients; return those params.
+
+    A param that has not stepped yet (it entered in this phase) has no state, which DCP can
+    neither save nor load: checkpoints save such *placeholder* state with a per-param flag
+    (:data:`PLACEHOLDER_KEY_PREFIX`), and :func:`drop_placeholder_state` drops it before the
+    next step, so that step is the optimizer's own lazy first step, resumed or not.
+    """
+    created: set[torch.Tensor] = set()
+    for opt in optimizers:
+        for group in opt.param_groups:
+            missing = [p for p in group["params"] if not opt.state.get(p)]
+            if not missing or not _creates_state(type(opt), group, optimizer_kwargs):
+                continue
+            states = _initial_states(type(opt), group, missing, optimizer_kwargs)
+            for param, state in zip(missing, states):
+                opt.state[param] = state
+                created.add(param)
+    return created
+
+
+def drop_placeholder_state(
+    optimizers: Sequence[Optimizer], placeholders: set[torch.Tensor]
+) -> None:
+    """Drop the placeholder state of ``placeholders`` (and empty the set)."""
+    for opt in optimizers:
+        for param in placeholders:
+            opt.state.pop(param, None)
+    placeholders.clear()
