@@ -1,5 +1,5 @@
-"""What the trainer tests share: the reference run of the tiny job, and initial weights for
-runs on other layouts."""
+"""What the trainer tests share: initial weights for runs on any layout, and the reference
+runs they are compared with, each launched once per session."""
 
 from __future__ import annotations
 
@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.jobs import JobResult, run_job
-
-
-@pytest.fixture(scope="session")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory, embedded_assets: Path) -> JobResult:
-    """The tiny job (``tiny_job.toml``) run once from start to end, never stopped."""
-    result = run_job(tmp_path_factory.mktemp("reference") / "run")
-    assert result.returncode == 0, result.failure()
-    return result
+from tests.trainer.jobs import from_initial, JobResult, run_job
+from tests.trainer.tiny_checks import BATCH_4, SCALE_FREE
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +32,29 @@ def initial_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny_initial") / "step-0"
     dcp.save(model.state_dict(), checkpoint_id=str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(
+    initial_weights: Path, tmp_path_factory: pytest.TempPathFactory, embedded_assets: Path
+) -> JobResult:
+    """The tiny job (``tiny_job.toml``) on 2 ranks (1-D FSDP) from the initial weights, run once
+    from start to end, never stopped: the reference of the resume, layout and compile tests,
+    with its backward all-gathers recorded."""
+    result = run_job(tmp_path_factory.mktemp("reference") / "run", *from_initial(initial_weights),
+                     record_all_gathers=True)
+    assert result.returncode == 0, result.failure()
+    return result
+
+
+@pytest.fixture(scope="session")
+def one_rank(
+    initial_weights: Path, tmp_path_factory: pytest.TempPathFactory, embedded_assets: Path
+) -> JobResult:
+    """The tiny job on one rank from the initial weights, without clipping or AdamW eps and with
+    a local batch of 4 (``tiny_checks.SCALE_FREE``, ``BATCH_4``): the reference of tensor
+    parallelism alone and of pipeline parallelism, which see the same batches."""
+    result = run_job(tmp_path_factory.mktemp("one_rank") / "run", *from_initial(initial_weights),
+                     *SCALE_FREE, *BATCH_4, nproc=1)
+    assert result.returncode == 0, result.failure()
+    return result

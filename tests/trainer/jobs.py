@@ -159,6 +159,12 @@ def run_job(
     return JobResult(proc.returncode, log.read_text(), dump, all_gathers)
 
 
+def from_initial(initial: Path) -> tuple[str, ...]:
+    """Job arguments that start from the weights in checkpoint ``initial`` (the trainer tests'
+    ``initial_weights``), unless the job's folder holds a checkpoint to resume."""
+    return ("--checkpoint.initial_load_path", str(initial))
+
+
 def checkpoint_state(checkpoint: Path, scratch: Path) -> dict:
     """Everything DCP checkpoint ``checkpoint`` holds, converted through file ``scratch``."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save

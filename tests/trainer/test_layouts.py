@@ -4,10 +4,13 @@ alone (2 ranks, 1 data-parallel) against one rank, and activation checkpointing 
 accumulation on 2 ranks against FSDP on 2. Each data-parallel rank reads its own shard of the
 corpus, so only equal degrees see the same batches. Checkpoints of phase 1 resume across
 layouts: FSDP2 x TP2 -> FSDP 2, FSDP 2 -> FSDP2 x TP2, HSDP 2 x 2 -> FSDP 4. bf16 mixed
-precision on FSDP2 x TP2 goes through every transition, close to fp32.
+precision on FSDP 2 goes through every transition, close to fp32.
 
 All runs start from the same initial weights (a DCP checkpoint written in this process):
 random initialisation of sharded DTensors on CPU depends on the layout, loading does not.
+FSDP on 2 ranks is the trainer tests' shared reference run (``uninterrupted``), one rank the
+shared single-rank reference (``one_rank``, which the pipeline tests use too: without clipping
+or AdamW eps and with a local batch of 4, so TP2 alone runs with the same options).
 
 Tolerance: TP splits matmuls and HSDP adds a replicate all-reduce, so reductions run in
 another order than on 1-D FSDP. In fp32 over 12 steps that moved losses by at most 1.4e-7
@@ -25,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.jobs import (
+    from_initial,
     JobResult,
     measured_state_bytes,
     planned_state_bytes,
@@ -34,7 +38,8 @@ from tests.trainer.jobs import (
 from tests.trainer.tiny_checks import (
     assert_close_losses,
     assert_frozen_until_their_phase,
-    CHECKPOINTS,
+    BATCH_4,
+    SCALE_FREE,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
@@ -43,8 +48,9 @@ RTOL = 1e-5
 # bf16 mixed precision against fp32 on the same layout: 4.4e-4 relative when this was written.
 BF16_RTOL = 5e-3
 FSDP2_TP2 = ("--parallelism.tensor_parallel_degree", "2")
+# Against the single-rank reference, with its options.
 TP2 = ("--parallelism.tensor_parallel_degree", "2", "--parallelism.data_parallel_shard_degree",
-       "1")
+       "1", *SCALE_FREE, *BATCH_4)
 HSDP_2X2 = ("--parallelism.data_parallel_replicate_degree", "2",
             "--parallelism.data_parallel_shard_degree", "2")
 FSDP_4 = ("--parallelism.data_parallel_shard_degree", "4")
@@ -57,16 +63,10 @@ HEAD = {"output.weight", "norm.weight"}
 
 def _run(initial: Path, dump: Path, *layout: str, nproc: int) -> JobResult:
     result = run_job(
-        dump, "--checkpoint.initial_load_path", str(initial),
-        *CHECKPOINTS, *layout, nproc=nproc, record_all_gathers=True,
+        dump, *from_initial(initial), *layout, nproc=nproc, record_all_gathers=True,
     )
     assert result.returncode == 0, result.failure()
     return result
-
-
-@pytest.fixture(scope="module")
-def fsdp(initial_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> JobResult:
-    return _run(initial_weights, tmp_path_factory.mktemp("fsdp") / "run", nproc=2)
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +77,6 @@ def fsdp4(initial_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Jo
 @pytest.fixture(scope="module")
 def fsdp2_tp2(initial_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> JobResult:
     return _run(initial_weights, tmp_path_factory.mktemp("tp") / "run", *FSDP2_TP2, nproc=4)
-
-
-@pytest.fixture(scope="module")
-def one_rank(initial_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> JobResult:
-    return _run(initial_weights, tmp_path_factory.mktemp("one_rank") / "run", nproc=1)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +92,14 @@ def _assert_nothing_below_the_trainable_is_gathered(run: JobResult, microbatches
     }
 
 
+def test_fsdp_never_all_gathers_a_frozen_block_below_the_trainable_ones(
+    uninterrupted: JobResult,
+):
+    _assert_nothing_below_the_trainable_is_gathered(uninterrupted)
+
+
 @pytest.mark.parametrize("layout, reference, nproc", [
-    (FSDP2_TP2, "fsdp", 4), (HSDP_2X2, "fsdp4", 4), (TP2, "one_rank", 2),
+    (FSDP2_TP2, "uninterrupted", 4), (HSDP_2X2, "fsdp4", 4), (TP2, "one_rank", 2),
 ], ids=["fsdp2_tp2", "hsdp_2x2", "tp2"])
 def test_a_phased_job_on_another_layout_matches_fsdp(
     layout: tuple[str, ...], reference: str, nproc: int, request: pytest.FixtureRequest,
@@ -137,14 +138,14 @@ def test_a_phased_job_on_another_layout_matches_fsdp(
       "--activation_checkpoint.selective_ac_option", "op"), 1),
 ], ids=["ac_full_with_gradient_accumulation", "ac_selective_op"])
 def test_activation_checkpointing_and_gradient_accumulation_under_phases(
-    options: tuple[str, ...], microbatches: int, fsdp: JobResult, initial_weights: Path,
+    options: tuple[str, ...], microbatches: int, uninterrupted: JobResult, initial_weights: Path,
     tmp_path: Path,
 ):
     run = _run(initial_weights, tmp_path / "run", *options, nproc=2)
     records = run.records()
     assert [r["phase"] for r in records] == [0] * 4 + [1] * 4 + [2] * 4
-    assert [r["lr"] for r in records] == [r["lr"] for r in fsdp.records()]
-    assert_close_losses(run, fsdp, RTOL)
+    assert [r["lr"] for r in records] == [r["lr"] for r in uninterrupted.records()]
+    assert_close_losses(run, uninterrupted, RTOL)
     assert_frozen_until_their_phase(run, initial_weights, tmp_path)
     assert measured_state_bytes(records) == planned_state_bytes(
         2, "--job.config_file", str(TINY_JOB), *options
@@ -153,8 +154,8 @@ def test_activation_checkpointing_and_gradient_accumulation_under_phases(
 
 
 @pytest.mark.parametrize("source, target, nproc, reference", [
-    ("fsdp2_tp2", (), 2, "fsdp"),
-    ("fsdp", FSDP2_TP2, 4, "fsdp"),
+    ("fsdp2_tp2", (), 2, "uninterrupted"),
+    ("uninterrupted", FSDP2_TP2, 4, "uninterrupted"),
     ("hsdp", FSDP_4, 4, "fsdp4"),
 ], ids=["fsdp2_tp2_to_fsdp", "fsdp_to_fsdp2_tp2", "hsdp_to_fsdp"])
 def test_a_phase1_checkpoint_resumes_on_another_layout(
@@ -166,7 +167,7 @@ def test_a_phase1_checkpoint_resumes_on_another_layout(
     saved, uninterrupted = request.getfixturevalue(source), request.getfixturevalue(reference)
     dump = tmp_path / "run"
     shutil.copytree(saved.dump / "checkpoint" / "step-6", dump / "checkpoint" / "step-6")
-    resumed = run_job(dump, *CHECKPOINTS, *target, nproc=nproc, record_all_gathers=True)
+    resumed = run_job(dump, *target, nproc=nproc, record_all_gathers=True)
     assert resumed.returncode == 0, resumed.failure()
     records = resumed.records()
     expected = {r["step"]: r for r in uninterrupted.records()}
@@ -180,20 +181,21 @@ def test_a_phase1_checkpoint_resumes_on_another_layout(
     _assert_nothing_below_the_trainable_is_gathered(resumed)
 
 
-def test_bf16_mixed_precision_on_fsdp2_tp2_goes_through_every_transition(
-    fsdp2_tp2: JobResult, initial_weights: Path, tmp_path: Path
+def test_bf16_mixed_precision_on_fsdp_goes_through_every_transition(
+    uninterrupted: JobResult, initial_weights: Path, tmp_path: Path
 ):
     # FSDP2 picks each param group's reduce dtype at lazy init from what trains then: blocks
-    # that thaw later need refresh_fsdp_mixed_precision, or their first backward fails. bf16
-    # params round every matmul input to 8 mantissa bits, so losses are only close to fp32's.
+    # that thaw later need refresh_fsdp_mixed_precision, or their first backward fails. Two
+    # FSDP ranks are all that takes. bf16 params round every matmul input to 8 mantissa bits,
+    # so losses are only close to fp32's.
     bf16 = ("--training.mixed_precision_param", "bfloat16")
-    run = _run(initial_weights, tmp_path / "run", *FSDP2_TP2, *bf16, nproc=4)
+    run = _run(initial_weights, tmp_path / "run", *bf16, nproc=2)
     records = run.records()
     assert [r["phase"] for r in records] == [0] * 4 + [1] * 4 + [2] * 4
-    assert [r["lr"] for r in records] == [r["lr"] for r in fsdp2_tp2.records()]
-    assert_close_losses(run, fsdp2_tp2, BF16_RTOL)
+    assert [r["lr"] for r in records] == [r["lr"] for r in uninterrupted.records()]
+    assert_close_losses(run, uninterrupted, BF16_RTOL)
     assert_frozen_until_their_phase(run, initial_weights, tmp_path)
     assert measured_state_bytes(records) == planned_state_bytes(
-        4, "--job.config_file", str(TINY_JOB), *FSDP2_TP2, *bf16
+        2, "--job.config_file", str(TINY_JOB), *bf16
     )
     _assert_nothing_below_the_trainable_is_gathered(run)

@@ -1,5 +1,6 @@
 """Phases under pipeline parallelism: the tiny job on PP=2 (2 gloo ranks, 4 microbatches)
-against the same job on one rank (the same data-parallel degree, so the same batches), a kill
+against the same job on one rank (the same data-parallel degree, so the same batches: the
+trainer tests' shared single-rank reference, ``one_rank`` in conftest.py), a kill
 and restart at both transition steps, and a phase-1 PP=2 checkpoint resumed on FSDP 2 and on
 PP=2 x FSDP=2 (4 ranks).
 
@@ -29,6 +30,7 @@ import torch
 
 from tests.trainer.jobs import (
     checkpoint_state,
+    from_initial,
     JobResult,
     measured_state_bytes,
     planned_state_bytes,
@@ -38,31 +40,31 @@ from tests.trainer.jobs import (
 from tests.trainer.tiny_checks import (
     assert_close_losses,
     assert_frozen_until_their_phase,
-    CHECKPOINTS,
+    BATCH_4,
+    SCALE_FREE,
 )
 from titan_phases.components.checkpointing.format import PHASES_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
 RTOL = 1e-5
-SCALE_FREE = ("--training.max_norm", "1e9", "--optimizer.eps", "1e-30")
 PP2 = ("--parallelism.pipeline_parallel_degree", "2",
        "--parallelism.data_parallel_shard_degree", "1")
 PP2_FSDP2 = ("--parallelism.pipeline_parallel_degree", "2",
              "--parallelism.data_parallel_shard_degree", "2")
 INTERLEAVED = ("--parallelism.pipeline_parallel_schedule", "Interleaved1F1B")
 GPIPE = ("--parallelism.pipeline_parallel_schedule", "GPipe")
-# 4 microbatches per PP step; resumes on 2 data-parallel ranks take 2 each (the job's default).
-BATCH_4 = ("--training.local_batch_size", "4", "--validation.local_batch_size", "4")
+# PP runs take BATCH_4 (4 microbatches per PP step); resumes on 2 data-parallel ranks take 2
+# each (the job's default).
 
 
 def _options(*layout: str) -> tuple[str, ...]:
-    return (*CHECKPOINTS, *SCALE_FREE, *layout)
+    return (*SCALE_FREE, *layout)
 
 
 def _run(dump: Path, *layout: str, nproc: int, initial: Path | None = None, **kwargs
          ) -> JobResult:
-    start = ("--checkpoint.initial_load_path", str(initial)) if initial else ()
+    start = from_initial(initial) if initial else ()
     result = run_job(dump, *start, *_options(*layout), *BATCH_4, nproc=nproc, **kwargs)
     if kwargs.get("kill_after_step") is None:
         assert result.returncode == 0, result.failure()
@@ -71,11 +73,6 @@ def _run(dump: Path, *layout: str, nproc: int, initial: Path | None = None, **kw
 
 def _planned(nproc: int, *layout: str) -> dict[int, list[int]]:
     return planned_state_bytes(nproc, "--job.config_file", str(TINY_JOB), *_options(*layout))
-
-
-@pytest.fixture(scope="module")
-def one_rank(initial_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> JobResult:
-    return _run(tmp_path_factory.mktemp("one_rank") / "run", nproc=1, initial=initial_weights)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.jobs import checkpoint_state, JobResult, run_job
+from tests.trainer.tiny_checks import EVERY_STEP
 from titan_phases.components.metrics_file import read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
@@ -28,7 +29,9 @@ def _events(result: JobResult, kind: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def plateau_run(tmp_path_factory: pytest.TempPathFactory, embedded_assets: Path) -> JobResult:
-    result = run_job(tmp_path_factory.mktemp("plateau") / "run", *PLATEAU)
+    """The plateau job run once, never stopped, with no interval checkpoint before its end."""
+    result = run_job(tmp_path_factory.mktemp("plateau") / "run", *PLATEAU,
+                     "--checkpoint.interval", "50")
     assert result.returncode == 0, result.failure()
     return result
 
@@ -49,23 +52,14 @@ def test_final_phase_plateau_ends_training_with_a_loadable_full_checkpoint(
     (end,) = _events(plateau_run, "end")
     assert end["step"] < 20 and "plateaued in the final phase 2" in end["reason"]
     assert f"Training stops after step {end['step']}" in plateau_run.output
-    checkpoint = plateau_run.dump / "checkpoint" / f"step-{end['step']}"
-    state = checkpoint_state(checkpoint, tmp_path / "final.pt")
-    assert "output.weight" in state and "optimizer" in state and "phases" in state
-
-
-def test_an_early_end_between_checkpoint_steps_still_writes_the_final_checkpoint(
-    plateau_run: JobResult, tmp_path: Path
-):
     # No interval checkpoint falls on the end step: the final save comes right after a
     # validation forward, which leaves FSDP's root module unsharded.
-    result = run_job(tmp_path / "run", *PLATEAU, "--checkpoint.interval", "50")
-    assert result.returncode == 0, result.failure()
-    (end,) = _events(result, "end")
-    assert end["step"] == _events(plateau_run, "end")[0]["step"]
-    saved = sorted(p.name for p in (result.dump / "checkpoint").iterdir())
+    saved = sorted(p.name for p in (plateau_run.dump / "checkpoint").iterdir())
     assert saved == [f"step-{end['step']}"]
-    assert (result.dump / "checkpoint" / saved[0] / ".metadata").is_file()
+    checkpoint = plateau_run.dump / "checkpoint" / saved[0]
+    assert (checkpoint / ".metadata").is_file()
+    state = checkpoint_state(checkpoint, tmp_path / "final.pt")
+    assert "output.weight" in state and "optimizer" in state and "phases" in state
 
 
 def test_restore_best_restores_the_phase_best_before_the_transition(plateau_run: JobResult):
@@ -119,11 +113,13 @@ def _kill_moments(reference: JobResult) -> list[tuple[str, dict[str, str]]]:
 def test_sigkill_at_each_moment_then_the_same_command_repeats_the_run_bitwise(
     plateau_run: JobResult, tmp_path: Path
 ):
-    # One job killed at each moment in turn, each time restarted with the same command.
+    # One job killed at each moment in turn, each time restarted with the same command, which
+    # checkpoints every step (the reference run only at its end: the cadence changes nothing
+    # the run decides).
     dump = tmp_path / "run"
     transition = _events(plateau_run, "transition")[0]["step"]
     for moment, faults in _kill_moments(plateau_run):
-        killed = run_job(dump, *PLATEAU, faults=faults)
+        killed = run_job(dump, *PLATEAU, *EVERY_STEP, faults=faults)
         assert killed.returncode != 0 and not _events(killed, "end"), (moment, killed.failure())
         if moment == "during the first save":
             assert [p.name for p in (dump / "checkpoint").iterdir()] == ["step-1"]
@@ -135,7 +131,7 @@ def test_sigkill_at_each_moment_then_the_same_command_repeats_the_run_bitwise(
         elif moment == "while a best checkpoint is written":
             torn = dump / "checkpoint" / f"step-{transition + 1}"
             assert f"Skipping checkpoint {torn}, incomplete" in killed.output
-    resumed = run_job(dump, *PLATEAU)
+    resumed = run_job(dump, *PLATEAU, *EVERY_STEP)
     assert resumed.returncode == 0, resumed.failure()
     observed, reference = _observed(dump), _observed(plateau_run.dump)
     assert observed == reference

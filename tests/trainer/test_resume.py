@@ -1,21 +1,26 @@
-"""Kill a phased job at chosen steps, restart it with the same command, compare with a run
-that never stopped; resume on another number of ranks; refuse an incompatible schedule."""
+"""Stop a phased job in every way it can stop (SIGKILL at chosen steps, a full disk, SIGTERM),
+restart it in the same folder, and compare with the run that never stopped; resume from a
+damaged or torn checkpoint folder and on another number of ranks; refuse a checkpoint the job
+cannot resume, in the start check and on every rank."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.trainer.jobs import (
+    from_initial,
     JobResult,
     measured_state_bytes,
     planned_state_bytes,
     run_job,
     TINY_JOB,
 )
+from tests.trainer.tiny_checks import EVERY_STEP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
@@ -30,70 +35,73 @@ def test_uninterrupted_run_goes_through_every_phase(uninterrupted: JobResult):
     assert "Phase 1 -> 2 after step 8" in uninterrupted.output
 
 
-def test_sigterm_saves_the_step_in_progress_and_the_restart_continues_bitwise(
-    uninterrupted: JobResult, tmp_path: Path
+def test_kills_a_full_disk_and_sigterm_in_one_folder_each_restart_continuing_bitwise(
+    uninterrupted: JobResult, initial_weights: Path, tmp_path: Path
 ):
+    # One job, stopped five times in one folder; every start but the SIGTERM one runs the same
+    # command.
     dump = tmp_path / "run"
-    # No interval checkpoint after step 0: whatever resumes was saved because of SIGTERM.
-    sparse = ("--checkpoint.interval", "100")
-    stopped = run_job(dump, *sparse, terminate_after_step=5)
-    assert stopped.returncode != 0
-    assert stopped.output.count("titan_phases: SIGTERM received") == 2  # both ranks agree
-    (end,) = stopped.records("end")
-    assert end["reason"] == "preempted (SIGTERM)" and end["step"] >= 5
-    saved = end["step"]
-    assert f"saved a full checkpoint after step {saved}" in stopped.output
-    assert (dump / "checkpoint" / f"step-{saved}" / ".metadata").is_file()
-
-    resumed = run_job(dump, *sparse)
-    assert resumed.returncode == 0, resumed.failure()
-    reference = uninterrupted.losses()
-    after_restart = resumed.losses()
-    assert sorted(after_restart) == list(range(saved + 1, 13))
-    assert after_restart == {step: reference[step] for step in after_restart}
-
-
-def test_a_non_finite_loss_stops_before_that_step_is_saved(tmp_path: Path):
-    dump = tmp_path / "run"
-    diverged = run_job(dump, "--optimizer.lr", "1e30")
-    assert diverged.returncode != 0
-    (end,) = diverged.records("end")
-    assert end["reason"].startswith("diverged: non-finite training loss in step")
-    step = end["step"]
-    assert diverged.output.count(f"Stopped before saving step {step}") == 2  # both ranks
-    saved = sorted(int(p.name.split("-")[1]) for p in (dump / "checkpoint").iterdir())
-    assert saved and max(saved) == step - 1
-    losses = diverged.losses()
-    assert losses[step] is None  # metrics.jsonl writes a non-finite value as null
-    assert all(isinstance(losses[s], float) for s in losses if s < step)
-
-
-def test_kill_and_restart_reproduces_losses_bitwise(uninterrupted: JobResult, tmp_path: Path):
-    # Phase 0 ends after step 4 (max_transition_step). Killed while logging step K, the job
-    # restarts from the checkpoint of step K - 1: here at the transition step, one step after
-    # it and mid-phase, one restart after the other with the same command.
-    dump = tmp_path / "run"
+    command = (*from_initial(initial_weights), *EVERY_STEP)
     reference = uninterrupted.losses()
     reference_lrs = {r["step"]: r["lr"] for r in uninterrupted.records()}
     reference_validation = {r["step"]: r["loss"] for r in uninterrupted.records("validation")}
-    resumed_from = [None]
-    for kill_after_step in (5, 6, 7, None):
-        run = run_job(dump, kill_after_step=kill_after_step)
-        if kill_after_step is not None:
-            assert run.returncode != 0, "the job should have been killed"
-        else:
-            assert run.returncode == 0, run.failure()
+
+    def assert_continues_the_reference(run: JobResult, first: int, last: int) -> set[int]:
+        """``run`` logged steps ``first``..``last``, each as the reference did; returns the
+        steps it validated."""
         losses = run.losses()
-        start = resumed_from[-1]
-        assert min(losses) == (1 if start is None else start + 1)
-        assert max(losses) == (kill_after_step or 12)
+        assert sorted(losses) == list(range(first, last + 1)), run.failure()
         assert losses == {step: reference[step] for step in losses}
         assert all(r["lr"] == reference_lrs[r["step"]] for r in run.records())
         validation = {r["step"]: r["loss"] for r in run.records("validation")}
         assert validation == {s: reference_validation[s] for s in validation}
-        if kill_after_step is not None:
-            resumed_from.append(kill_after_step - 1)
-    assert 6 in validation  # the last start validated after a restart
+        return set(validation)
+
+    # Phase 0 ends after step 4 (max_transition_step). Killed while logging step K, the job
+    # restarts from the checkpoint of step K - 1: at the transition step, one step after it
+    # and mid-phase.
+    resumed_from = [None]  # what each start resumed
+    for kill_after_step in (5, 6, 7):
+        killed = run_job(dump, *command, kill_after_step=kill_after_step)
+        assert killed.returncode != 0, "the job should have been killed"
+        start = resumed_from[-1]
+        assert_continues_the_reference(killed, 1 if start is None else start + 1, kill_after_step)
+        resumed_from.append(kill_after_step - 1)
+
+    # Rank 1 runs out of space half-way through writing step 7.
+    no_space = {"TITAN_PHASES_TEST_NO_SPACE_SAVING": "*/checkpoint/step-7"}
+    full = run_job(dump, *command, faults=no_space)
+    assert full.returncode != 0
+    folder = dump / "checkpoint" / "step-7"
+    said = f"titan_phases: saving the checkpoint {folder} failed: rank 1: [Errno 28] No space"
+    assert full.output.count(said) == 2, full.failure()  # both ranks, the same words
+    assert "CheckpointException" not in full.output
+    assert not (folder / ".metadata").exists()
+    assert (dump / "checkpoint" / "step-6" / ".metadata").is_file()
+    validated = assert_continues_the_reference(full, 7, 7)
+    # Step 6 was checkpointed before its validation ran: the restart repeated it.
+    assert 6 in validated
+    resumed_from.append(6)  # what the next start resumes: step 7 is torn
+
+    # A scheduler preempts the job: SIGTERM to the launcher once step 8 is logged. No interval
+    # checkpoint is due, so whatever the next start resumes was saved because of SIGTERM.
+    stopped = run_job(dump, *from_initial(initial_weights), "--checkpoint.interval", "100",
+                      terminate_after_step=8)
+    assert stopped.returncode != 0
+    assert f"Skipping checkpoint {folder}, incomplete" in stopped.output
+    assert stopped.output.count("titan_phases: SIGTERM received") == 2  # both ranks agree
+    (end,) = stopped.records("end")
+    assert end["reason"] == "preempted (SIGTERM)" and 8 <= end["step"] < 12, end
+    saved = end["step"]
+    assert f"saved a full checkpoint after step {saved}" in stopped.output
+    assert (dump / "checkpoint" / f"step-{saved}" / ".metadata").is_file()
+    assert_continues_the_reference(stopped, 7, saved)
+    resumed_from.append(saved)
+
+    resumed = run_job(dump, *command)
+    assert resumed.returncode == 0, resumed.failure()
+    assert_continues_the_reference(resumed, saved + 1, 12)
+
     # The run folder explains every start: what each ran, and what it resumed.
     lines = (dump / "run" / "starts.jsonl").read_text().splitlines()
     starts = [json.loads(line) for line in lines]
@@ -106,21 +114,33 @@ def test_kill_and_restart_reproduces_losses_bitwise(uninterrupted: JobResult, tm
         }
 
 
-def _copy_checkpoints(source: JobResult, dump: Path, last_step: int) -> Path:
-    """Copy ``source``'s checkpoints of steps 1..last_step into ``dump``; return its source."""
-    import shutil
+def test_a_non_finite_loss_stops_before_that_step_is_saved(tmp_path: Path):
+    dump = tmp_path / "run"
+    diverged = run_job(dump, "--optimizer.lr", "1e30", *EVERY_STEP)
+    assert diverged.returncode != 0
+    (end,) = diverged.records("end")
+    assert end["reason"].startswith("diverged: non-finite training loss in step")
+    step = end["step"]
+    assert diverged.output.count(f"Stopped before saving step {step}") == 2  # both ranks
+    saved = sorted(int(p.name.split("-")[1]) for p in (dump / "checkpoint").iterdir())
+    assert saved and max(saved) == step - 1
+    losses = diverged.losses()
+    assert losses[step] is None  # metrics.jsonl writes a non-finite value as null
+    assert all(isinstance(losses[s], float) for s in losses if s < step)
 
-    saved = source.dump / "checkpoint"
-    for step in range(1, last_step + 1):
-        shutil.copytree(saved / f"step-{step}", dump / "checkpoint" / f"step-{step}")
-    return saved
+
+def _copy_checkpoints(source: JobResult, dump: Path, last_step: int) -> None:
+    """Copy ``source``'s checkpoints up to step ``last_step`` into ``dump``."""
+    for saved in (source.dump / "checkpoint").iterdir():
+        if int(saved.name.split("-")[1]) <= last_step:
+            shutil.copytree(saved, dump / "checkpoint" / saved.name)
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_intact_one(
     uninterrupted: JobResult, tmp_path: Path
 ):
     dump = tmp_path / "run"
-    _copy_checkpoints(uninterrupted, dump, 8)
+    _copy_checkpoints(uninterrupted, dump, 8)  # steps 2, 4, 6 and 8
     # 64 flipped bytes: DCP itself would load them without complaint.
     damaged = sorted((dump / "checkpoint" / "step-8").glob("__0_*.distcp"))[0]
     data = bytearray(damaged.read_bytes())
@@ -132,7 +152,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_intact_one(
     assert f"Skipping checkpoint {dump / 'checkpoint' / 'step-8'}" in resumed.output
     assert damaged.name in resumed.output
     reference = uninterrupted.losses()
-    assert resumed.losses() == {step: reference[step] for step in range(8, 13)}
+    assert resumed.losses() == {step: reference[step] for step in range(7, 13)}
 
 
 def test_a_folder_without_a_complete_checkpoint_starts_from_the_initial_weights(
@@ -143,8 +163,8 @@ def test_a_folder_without_a_complete_checkpoint_starts_from_the_initial_weights(
     torn = dump / "checkpoint" / "step-1"
     torn.mkdir(parents=True)
     (torn / "__0_0.distcp").write_bytes(b"cut short")
-    initial = uninterrupted.dump / "checkpoint" / "step-12"  # the final, model-only save
-    started = run_job(dump, "--checkpoint.initial_load_path", str(initial))
+    initial = uninterrupted.dump / "checkpoint" / "step-12"  # the final save
+    started = run_job(dump, *from_initial(initial))
     assert started.returncode == 0, started.failure()
     assert f"Loading the checkpoint from {initial}" in started.output
     assert f"Skipping checkpoint {torn}" in started.output
@@ -152,49 +172,93 @@ def test_a_folder_without_a_complete_checkpoint_starts_from_the_initial_weights(
     assert min(losses) == 1 and losses[1] < uninterrupted.losses()[1]  # trained weights
 
 
-def test_a_full_disk_stops_with_one_clear_error_and_the_restart_continues_bitwise(
+def _tree_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _refused_by_the_start_check(dump: Path, *args: str, config: Path = TINY_JOB,
+                                capsys: pytest.CaptureFixture) -> str:
+    """What ``python -m titan_phases.prepare`` (run_train.sh's check before torchrun; every rank
+    checks the same) says of the job, which must be refused with exit code 2."""
+    import os
+
+    from titan_phases.prepare import main
+
+    capsys.readouterr()
+    code = main(["--job.config_file", str(config), "--job.dump_folder", str(dump),
+                 "--model.hf_assets_path", f"{os.environ['TITAN_PHASES_CACHE']}/tokenizer", *args])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.out == ""
+    return captured.err
+
+
+def _flavor_refusal(dump: Path) -> tuple[str, str]:
+    """The words of the refusal of the tiny_wide flavor in ``dump``, and a detail they name."""
+    said = f"{dump / 'checkpoint' / 'step-6'} holds another"
+    return said, "tok_embeddings.weight is [2048, 64] there and [2048, 96] in this job's model"
+
+
+def test_a_checkpoint_of_another_flavor_is_refused_by_every_rank_in_one_line(
     uninterrupted: JobResult, tmp_path: Path
 ):
     dump = tmp_path / "run"
-    # Rank 1 runs out of space half-way through writing step 6.
-    full = run_job(dump, faults={"TITAN_PHASES_TEST_NO_SPACE_SAVING": "*/checkpoint/step-6"})
-    assert full.returncode != 0
-    folder = dump / "checkpoint" / "step-6"
-    said = f"titan_phases: saving the checkpoint {folder} failed: rank 1: [Errno 28] No space"
-    assert full.output.count(said) == 2, full.failure()  # both ranks, the same words
-    assert "CheckpointException" not in full.output
-    assert not (folder / ".metadata").exists()
-    assert (dump / "checkpoint" / "step-5" / ".metadata").is_file()
-
-    resumed = run_job(dump)
-    assert resumed.returncode == 0, resumed.failure()
-    assert f"Skipping checkpoint {folder}, incomplete" in resumed.output
-    reference = uninterrupted.losses()
-    assert resumed.losses() == {step: reference[step] for step in range(6, 13)}
-
-
-def test_a_checkpoint_of_another_flavor_is_refused_in_one_line(
-    uninterrupted: JobResult, tmp_path: Path
-):
-    dump = tmp_path / "run"
-    _copy_checkpoints(uninterrupted, dump, 5)
+    _copy_checkpoints(uninterrupted, dump, 6)
     before = _tree_digest(dump / "checkpoint")
     refused = run_job(dump, "--model.flavor", "tiny_wide")
-    assert refused.returncode != 0
-    said = f"cannot resume, nothing was changed: {dump / 'checkpoint' / 'step-5'} holds another"
-    assert refused.output.count(said) == 2, refused.failure()
-    assert "tok_embeddings.weight is [2048, 64] there and [2048, 96] in this job's model" in (
-        refused.output
+    said, detail = _flavor_refusal(dump)
+    assert refused.output.count(f"cannot resume, nothing was changed: {said}") == 2, (
+        refused.failure()
     )
+    # Both ranks exit with code 2 (torchrun itself reports a failed job with 1).
+    assert refused.returncode != 0
+    assert refused.output.count("exitcode  : 2") == 2, refused.failure()
+    assert detail in refused.output
     assert "size mismatch" not in refused.output and "Training starts" not in refused.output
+    assert _tree_digest(dump / "checkpoint") == before
+
+
+def test_the_start_check_refuses_a_checkpoint_of_another_flavor(
+    uninterrupted: JobResult, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    dump = tmp_path / "run"
+    _copy_checkpoints(uninterrupted, dump, 6)
+    before = _tree_digest(dump / "checkpoint")
+    said, detail = _flavor_refusal(dump)
+    refused = _refused_by_the_start_check(dump, "--model.flavor", "tiny_wide", capsys=capsys)
+    assert f"titan_phases: cannot resume, nothing was run: {said}" in refused
+    assert detail in refused and "size mismatch" not in refused
+    assert _tree_digest(dump / "checkpoint") == before
+
+
+def test_the_start_check_refuses_an_incompatible_schedule_and_leaves_the_checkpoint(
+    uninterrupted: JobResult, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    dump = tmp_path / "run"
+    shutil.copytree(uninterrupted.dump / "checkpoint", dump / "checkpoint")
+    before = _tree_digest(dump / "checkpoint")
+    # A valid schedule, but phase 1 (the checkpoint's phase) now thaws another block.
+    changed = tmp_path / "changed_job.toml"
+    changed.write_text(
+        TINY_JOB.read_text()
+        .replace("params = ['layers\\.2\\..+']", "params = ['layers\\.1\\..+']")
+        .replace("'layers\\.[01]\\..+'", "'layers\\.[02]\\..+'")
+    )
+    assert changed.read_text() != TINY_JOB.read_text()
+    refused = _refused_by_the_start_check(dump, "--checkpoint.load_step", "6", config=changed,
+                                          capsys=capsys)
+    assert "cannot resume" in refused
+    assert "phase(s) 1 differ" in refused
     assert _tree_digest(dump / "checkpoint") == before
 
 
 def test_phase1_checkpoint_from_two_ranks_resumes_on_three(
     uninterrupted: JobResult, tmp_path: Path
 ):
-    import shutil
-
     dump = tmp_path / "run"
     shutil.copytree(uninterrupted.dump / "checkpoint", dump / "checkpoint")
     resumed = run_job(dump, "--checkpoint.load_step", "6", nproc=3)
@@ -220,34 +284,3 @@ def test_plan_predicts_the_optimizer_state_bytes_of_every_phase(uninterrupted: J
     assert measured_state_bytes(uninterrupted.records()) == planned_state_bytes(
         2, "--job.config_file", str(TINY_JOB)
     )
-
-
-def _tree_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
-def test_incompatible_schedule_on_resume_is_refused_and_checkpoint_untouched(
-    uninterrupted: JobResult, tmp_path: Path
-):
-    import shutil
-
-    dump = tmp_path / "run"
-    shutil.copytree(uninterrupted.dump / "checkpoint", dump / "checkpoint")
-    before = _tree_digest(dump / "checkpoint")
-    # A valid schedule, but phase 1 (the checkpoint's phase) now thaws another block.
-    changed = tmp_path / "changed_job.toml"
-    changed.write_text(
-        TINY_JOB.read_text()
-        .replace("params = ['layers\\.2\\..+']", "params = ['layers\\.1\\..+']")
-        .replace("'layers\\.[01]\\..+'", "'layers\\.[02]\\..+'")
-    )
-    assert changed.read_text() != TINY_JOB.read_text()
-    refused = run_job(dump, "--checkpoint.load_step", "6", config=changed)
-    assert refused.returncode != 0
-    assert refused.output.count("cannot resume") == 2  # both ranks
-    assert "phase(s) 1 differ" in refused.output
-    assert _tree_digest(dump / "checkpoint") == before

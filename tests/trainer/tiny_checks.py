@@ -10,9 +10,16 @@ import torch
 from tests.trainer.jobs import JobResult, model_tensors
 
 THAWED_IN = {"output.weight": 0, "norm.weight": 0, "layers.3": 0, "layers.2": 1}
-# Checkpoints at the end of phase 0 (step 4) and phase 1 (step 8), which
-# assert_frozen_until_their_phase reads, and at step 6 to resume.
-CHECKPOINTS = ("--checkpoint.interval", "2")
+# The job checkpoints every other step: at the ends of phase 0 (step 4) and phase 1 (step 8),
+# which assert_frozen_until_their_phase reads, and at step 6 to resume. A test that kills or
+# stops a job at a chosen step needs the step before it saved.
+EVERY_STEP = ("--checkpoint.interval", "1")
+# The single-rank reference (conftest.one_rank) and the runs compared with it: no gradient
+# clipping and no AdamW eps, because pipeline parallelism backpropagates loss sums (see
+# test_pipeline.py), and a local batch of 4, which PP=2 splits into 4 microbatches and TP2
+# alone (one data-parallel rank) reads as one rank does.
+SCALE_FREE = ("--training.max_norm", "1e9", "--optimizer.eps", "1e-30")
+BATCH_4 = ("--training.local_batch_size", "4", "--validation.local_batch_size", "4")
 
 
 def thawed_in(name: str) -> int:
