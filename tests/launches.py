@@ -138,4 +138,5 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     total = sum(entry.seconds for entry in _launches)
     terminalreporter.section(f"launches: {len(_launches)}, {total:.0f} s of wall time in all")
     for entry in sorted(_launches, key=lambda e: e.seconds, reverse=True)[:10]:
-        terminalreporter.write_line(f"{entry.seconds:7.1f}s  {entry.test}  {entry.what}")
+        what = entry.what if len(entry.what) <= 100 else entry.what[:97] + "..."
+        terminalreporter.write_line(f"{entry.seconds:7.1f}s  {entry.test}  {what}")
