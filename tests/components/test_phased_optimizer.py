@@ -350,3 +350,80 @@ def test_a_switch_of_optimizer_class_rebuilds_every_pipeline_parts_optimizer_ove
         assert [s["momentum_buffer"].shape for s in saved.state.values()] == [
             s["momentum_buffer"].shape for s in loaded.state.values()
         ]
+
+
+def _freeze(parts: list[nn.Module], prefixes: tuple[str, ...]) -> list[list[nn.Parameter]]:
+    leaving = [params_with(part, prefixes) for part in parts]
+    for params in leaving:
+        for param in params:
+            param.requires_grad_(False)
+    return leaving
+
+
+def _enter_block_1(parts, optimizers, lr_schedulers) -> None:
+    """Phase 1 moves phase 0's training of block 2 to block 1 (the head goes on training)."""
+    leaving = _freeze(parts, ("blocks.2.",))
+    optimizers.add_phase(1, _thaw(parts, ("blocks.1.",)), lr=3e-3, leaving_per_part=leaving,
+                         groups=(0, 1))
+    lr_schedulers.add_phase(1)
+
+
+def _cycle_to_block_1(parts, optimizers, lr_schedulers) -> None:
+    _train(parts, optimizers, lr_schedulers, (0, 1))
+    _enter_block_1(parts, optimizers, lr_schedulers)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_params_that_leave_lose_their_state_and_grads_and_stay_unchanged(tmp_path):
+    parts, optimizers, lr_schedulers = _two_part_stack()
+    block2 = [p for part in parts for p in params_with(part, ("blocks.2.",))]
+    head = [p for part in parts for p in params_with(part, ("head.",))]
+    _cycle_to_block_1(parts, optimizers, lr_schedulers)
+    opt_states = [opt.state for opt in optimizers]
+    assert all(p.grad is None and all(p not in s for s in opt_states) for p in block2)
+    assert all(any(p in s for s in opt_states) for p in head)  # the head keeps its state
+    # Phase 0's group keeps the head; the groups and the schedulers' lists stay aligned.
+    assert [[g["phase"] for g in opt.param_groups] for opt in optimizers] == [[0, 1], [0, 1]]
+    assert all(len(s.base_lrs) == len(s.lr_lambdas) == len(s._last_lr) == 2
+               for s in lr_schedulers.schedulers)
+    frozen = [p.detach().clone() for p in block2]
+    _train(parts, optimizers, lr_schedulers, (2,))
+    weights = _weights(parts)
+    dcp.save({"optimizer": optimizers, "lr_scheduler": lr_schedulers}, checkpoint_id=tmp_path)
+    _train(parts, optimizers, lr_schedulers, (3, 4))
+    assert all(torch.equal(p, f) for p, f in zip(block2, frozen))
+    final = _weights(parts)
+
+    # The checkpoint holds only the active state, and a rebuilt stack continues bitwise.
+    entries = set(dcp.FileSystemReader(tmp_path).read_metadata().state_dict_metadata)
+    assert not any(name.startswith("optimizer.state.blocks.2.") for name in entries)
+    assert any(name.startswith("optimizer.state.head.") for name in entries)
+    parts, optimizers, lr_schedulers = _two_part_stack()
+    with torch.no_grad():
+        for param, weight in zip((p for part in parts for p in part.parameters()), weights):
+            param.copy_(weight)
+    _enter_block_1(parts, optimizers, lr_schedulers)
+    dcp.load({"optimizer": optimizers, "lr_scheduler": lr_schedulers}, checkpoint_id=tmp_path)
+    _train(parts, optimizers, lr_schedulers, (3, 4))
+    assert all(torch.equal(a, b) for a, b in zip(_weights(parts), final))
+
+
+def test_a_group_whose_params_all_left_leaves_the_optimizer_and_its_schedule():
+    parts, optimizers, lr_schedulers = _two_part_stack()
+    _cycle_to_block_1(parts, optimizers, lr_schedulers)
+    _train(parts, optimizers, lr_schedulers, (2,))
+    # Phase 2 freezes block 1 (phase 1's group) and the head (phase 0's): both groups leave.
+    leaving = _freeze(parts, ("blocks.1.", "head.", "blocks.2."))
+    with pytest.raises(ValueError, match="blocks.2.lin.weight is not optimized"):
+        optimizers.add_phase(2, _thaw(parts, ("blocks.0.",)), leaving_per_part=leaving,
+                             groups=(2,))
+    parts, optimizers, lr_schedulers = _two_part_stack()
+    _cycle_to_block_1(parts, optimizers, lr_schedulers)
+    leaving = _freeze(parts, ("blocks.1.", "head."))
+    optimizers.add_phase(2, _thaw(parts, ("blocks.0.",)), lr=1e-3, leaving_per_part=leaving,
+                         groups=(2,))
+    lr_schedulers.add_phase(2)
+    assert [[g["phase"] for g in opt.param_groups] for opt in optimizers] == [[2], [2]]
+    assert all(len(s.base_lrs) == len(s._last_lr) == 1 for s in lr_schedulers.schedulers)
+    _train(parts, optimizers, lr_schedulers, (3,))
+    assert all(optimizers.optimizers[0].state[p] for p in params_with(parts[0], ("blocks.0.",)))

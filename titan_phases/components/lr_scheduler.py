@@ -394,13 +394,15 @@ class PhasedLRSchedulersContainer(LRSchedulersContainer):
         self._group_phases = groups
 
         if lr_scheduler is None:
-            for scheduler in self.schedulers:
-                _drop_groups(scheduler, left)
+            # Extended first, while the entries of the groups that left can still serve as the
+            # new group's template; those entries come before the new one.
             apply_lambdas = self.apply_lambdas_new_pgs
             new_lrs = [
                 _extend_to_new_group(s, apply_lambdas) for s in self.schedulers
                 if phase in groups
             ]
+            for scheduler in self.schedulers:
+                _drop_groups(scheduler, left)
             description = f"{self.scheduler_cls.__name__} continues" + (
                 f", new group lr {new_lrs[0]:g}" if new_lrs else ""
             ) + (f", {len(left)} group(s) left" if left else "")
