@@ -17,3 +17,19 @@ def test_readme_schedule_example_validates(tmp_path: Path, capsys):
     assert main(["validate", "--job.config_file", str(job)]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert "3 phase(s)" in out
+
+
+def test_readme_block_cyclic_plan_lines_are_what_plan_prints(capsys):
+    from titan_phases.cli import main
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Block-cyclic fine-tuning"):]
+    # The first fenced block without a language: the plan output.
+    blocks = section.split("```")[1::2]
+    shown = next(b for b in blocks if b.startswith("\n")).strip("\n").splitlines()
+    config = REPO / "train_configs" / "debug_block_cyclic.toml"
+    assert main(["plan", "--world-size", "2", "--job.config_file", str(config)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert shown and all(line in printed for line in shown), shown
+    assert main(["validate", "--job.config_file", str(config)]) == 0
+    assert "12 phase(s), generated schedule" in capsys.readouterr().out
