@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,20 +45,36 @@ class JobResult:
         Needs ``run_job(..., record_all_gathers=True)`` and a single process start; a step
         runs ``microbatches`` backwards.
         """
-        from tests.trainer.backward_all_gathers import read
-
-        assert self.all_gathers is not None, "run_job(..., record_all_gathers=True)"
-        phase_of_step = {r["step"]: r["phase"] for r in self.records()}
-        first_step = min(phase_of_step)
         gathered: dict[int, set[str]] = {}
-        for rank_records in read(self.all_gathers).values():
-            for record in rank_records:
-                phase = phase_of_step[first_step + (record["backward"] - 1) // microbatches]
+        for _, phase, record in self._backward_records(microbatches):
+            if "fqns" in record:
                 gathered.setdefault(phase, set()).update(
                     ".".join(n.split(".")[:2]) if n.startswith("layers.") else n
                     for n in record["fqns"]
                 )
         return gathered
+
+    def backward_tensors(self, microbatches: int = 1) -> dict[int, dict[int, int]]:
+        """Phase -> rank -> how many tensors needing grad that rank's backward calls started
+        from in that phase (0: no backward ran there, e.g. a frozen pipeline stage). Needs
+        what :meth:`backward_all_gathers` needs."""
+        started: dict[int, dict[int, int]] = {}
+        for rank, phase, record in self._backward_records(microbatches):
+            if "tensors" in record:
+                per_rank = started.setdefault(phase, {})
+                per_rank[rank] = per_rank.get(rank, 0) + record["tensors"]
+        return started
+
+    def _backward_records(self, microbatches: int) -> Iterator[tuple[int, int, dict]]:
+        from tests.trainer.backward_all_gathers import read
+
+        assert self.all_gathers is not None, "run_job(..., record_all_gathers=True)"
+        phase_of_step = {r["step"]: r["phase"] for r in self.records()}
+        first_step = min(phase_of_step)
+        for rank, records in read(self.all_gathers).items():
+            for record in records:
+                step = first_step + (record["backward"] - 1) // microbatches
+                yield rank, phase_of_step[step], record
 
     def failure(self) -> str:
         """The end of the output, for an assertion message.
