@@ -84,7 +84,11 @@ class PhasedTrainer(Trainer):
         self.phase_controller = build_phase_controller(
             self.schedule, job_config.phases, job_config.validation.enable
         )
-        self.checkpointing = install_checkpointing(self.checkpointer, self.phase_controller)
+        if job_config.phases.fp32_master_weights:
+            self.optimizers.use_fp32_masters()
+        self.checkpointing = install_checkpointing(
+            self.checkpointer, self.phase_controller, self.optimizers.masters
+        )
         job_config.training.max_norm = self.schedule.plan(0).max_norm
         self.restore_best = (
             RestoreBest(job_config.job.dump_folder, self.model_parts,

@@ -3,8 +3,9 @@
 :class:`PhaseMetricsProcessor` is torchtitan's ``MetricsProcessor`` with two additions:
 
 * every logged training step also reports the lr of each param group (as the optimizer used
-  it, captured just before ``optimizer.step``), the number of trainable parameters and the
-  optimizer state bytes held by each rank;
+  it, captured just before ``optimizer.step``), the number of trainable parameters and, per
+  rank, the bytes of params, fp32 master weights, grads and optimizer state it holds
+  (:func:`held_bytes`, measured once per phase, after its first step);
   subclasses or the trainer add more through :meth:`PhaseMetricsProcessor.add_step_metrics`;
 * a :class:`JsonlLogger` writes ``<job.dump_folder>/metrics.jsonl`` beside TensorBoard, one JSON
   object per logged step, whether or not TensorBoard is enabled, through the file's own writer
@@ -14,7 +15,9 @@ The JSONL schema (keys absent when not measured)::
 
     {"type": "train", "step": 20, "loss": 3.21, "max_loss": 3.4, "grad_norm": 0.9,
      "lr": [0.0008, 0.0001], "tokens_per_second": 5120.3, "step_time_s": 0.41,
-     "trainable_params": 1234567, "optimizer_state_bytes": [4937728, 4937728],
+     "trainable_params": 1234567, "param_bytes": [12327424, 12327424],
+     "master_bytes": [0, 0], "grad_bytes": [2468864, 2468864],
+     "optimizer_state_bytes": [4937728, 4937728],
      "memory_peak_gib": 1.02, "mfu_pct": 3.1, "time": 1.7e9, ...extra keys such as "phase"}
     {"type": "validation", "step": 20, "loss": 3.05, ...}
 
@@ -47,6 +50,7 @@ from torchtitan.components.metrics import (
 from torchtitan.config import JobConfig
 from torchtitan.distributed import ParallelDims
 
+from titan_phases.components.master_weights import local_bytes
 from titan_phases.components.metrics_file import METRICS_FILE, MetricsWriter
 
 # torchtitan metric name -> metrics.jsonl key
@@ -62,7 +66,8 @@ _JSONL_KEYS = {
     "validation_metrics/memory/max_reserved(GiB)": "memory_peak_gib",
 }
 _LR_PREFIX = "lr/group_"
-_STATE_BYTES_PREFIX = "optimizer_state_bytes/rank_"
+# held_bytes' quantities, reported per rank.
+_HELD_BYTES = ("param_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes")
 # TensorBoard takes scalars, so lists travel as "<name>/group_<i>" or "<name>/rank_<i>".
 _LIST_KEY = re.compile(r"^(?P<base>[a-z_]+)/(?:group|rank)_(?P<index>\d+)$")
 
@@ -112,14 +117,26 @@ class JsonlLogger(BaseLogger):
 
 def optimizer_state_bytes(optimizers: Any) -> int:
     """Bytes of optimizer state held by this rank (local shards of DTensor state)."""
-    total = 0
-    for optimizer in optimizers:
-        for state in optimizer.state.values():
-            for value in state.values():
-                if isinstance(value, torch.Tensor):
-                    local = value.to_local() if hasattr(value, "to_local") else value
-                    total += local.numel() * local.element_size()
-    return total
+    return sum(
+        local_bytes(value)
+        for optimizer in optimizers
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    )
+
+
+def held_bytes(model_parts: list[torch.nn.Module], optimizers: Any) -> list[int]:
+    """What this rank holds, in bytes: ``[params, fp32 masters, grads, optimizer state]``
+    (local shards), the quantities ``titan-phases plan`` predicts per rank."""
+    params = [p for part in model_parts for p in part.parameters()]
+    masters = getattr(optimizers, "masters", None)
+    return [
+        sum(local_bytes(p) for p in params),
+        0 if masters is None else masters.nbytes(),
+        sum(local_bytes(p.grad) for p in params if p.grad is not None),
+        optimizer_state_bytes(optimizers),
+    ]
 
 
 def trainable_parameter_count(model_parts: list[torch.nn.Module]) -> int:
@@ -185,14 +202,18 @@ class PhaseMetricsProcessor(MetricsProcessor):
             torch.distributed.all_reduce(count, group=pp_mesh.get_group())
         return int(count.item())
 
-    def _state_bytes_per_rank(self) -> dict[str, int]:
+    def _bytes_per_rank(self) -> dict[str, int]:
         # Every rank calls log() (torchtitan reduces the loss there), so this gather is safe.
         local = torch.tensor(
-            [optimizer_state_bytes(self.optimizers)], dtype=torch.int64, device=_device()
+            held_bytes(self.model_parts, self.optimizers), dtype=torch.int64, device=_device()
         )
         gathered = [torch.zeros_like(local) for _ in range(torch.distributed.get_world_size())]
         torch.distributed.all_gather(gathered, local)
-        return {f"{_STATE_BYTES_PREFIX}{rank}": int(t.item()) for rank, t in enumerate(gathered)}
+        return {
+            f"{kind}/rank_{rank}": int(held[i].item())
+            for rank, held in enumerate(gathered)
+            for i, kind in enumerate(_HELD_BYTES)
+        }
 
     def log_event(self, record: dict[str, Any]) -> None:
         """Write a non-metric record (a phase transition, the end of training) to metrics.jsonl."""
@@ -237,7 +258,7 @@ class PhaseMetricsProcessor(MetricsProcessor):
         if self._phase_metrics is None and self.model_parts is not None:
             self._phase_metrics = {"trainable_params": self._trainable_params()}
             if self.optimizers is not None:
-                self._phase_metrics.update(self._state_bytes_per_rank())
+                self._phase_metrics.update(self._bytes_per_rank())
         metrics.update(self._phase_metrics or {})
         metrics.update(self._extra_step_metrics)
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=metrics)

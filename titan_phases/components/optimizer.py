@@ -11,11 +11,9 @@ hook, for one) is added to the phased container instead.
 **Limitations** (private torchtitan API this module relies on; check on upgrades)
 * While a spec's own builder runs, torchtitan's ``build_optimizers`` is the phased one
   (:func:`titan_phases.patches.torchtitan_build_optimizers`).
-* ``OptimizersContainer._post_init``: overridden, and the base ``__init__`` is not called. The
-  base builds one optimizer per part from a bare parameter list, which fails for a part with no
-  trainable parameter and cannot tag groups with their phase; ``_post_init`` is where torchtitan
-  runs ``Optimizer.__init__`` on the container to set up its hooks, and this container does the
-  same there.
+* ``OptimizersContainer._post_init`` is overridden and the base ``__init__`` not called (it
+  cannot build a part without trainable params, nor tag groups with their phase);
+  ``_post_init`` is where torchtitan runs ``Optimizer.__init__`` on the container for its hooks.
 """
 
 from __future__ import annotations
@@ -52,6 +50,7 @@ from titan_phases.components.checkpointing.format import (
     PHASE_KEY,
     verify_optimizer_checkpoint,
 )
+from titan_phases.components.master_weights import MasterWeights
 from titan_phases.runtime.ranks import is_rank0
 from titan_phases.schedule.classes import (
     class_path_of,
@@ -155,12 +154,11 @@ class PhasedOptimizersContainer(OptimizersContainer):
                              leaving_per_part=..., groups=plan.groups)
         lr_schedulers.add_phase(k, ...)
 
-    Resume: freeze to phase 0, build, then repeat both ``add_phase`` calls for phases 1..saved
-    as during training (:mod:`titan_phases.components.checkpointing.resume`), then load.
-    ``state_dict``/``load_state_dict``/:meth:`verify_checkpoint` are DCP's flattened optimizer
-    state (reshardable) plus this container's metadata and per-param placeholder flags
-    (:mod:`titan_phases.components.checkpointing.format`). Step hooks registered on the
-    container survive :meth:`add_phase`.
+    Resume: freeze to phase 0, build, repeat both ``add_phase`` calls for phases 1..saved, load
+    (:mod:`titan_phases.components.checkpointing.resume`). The state is DCP's flattened optimizer
+    state plus metadata and placeholder flags (:mod:`titan_phases.components.checkpointing.format`).
+    Step hooks registered on the container survive :meth:`add_phase`. With
+    :meth:`use_fp32_masters` the inner optimizers step fp32 masters of bf16 params.
 
     **Limitations**
     Groups of the same phase share hyperparameters across model parts (torchtitan assumes one
@@ -190,20 +188,18 @@ class PhasedOptimizersContainer(OptimizersContainer):
         self.optimizer_cls = optimizer_cls
         self.optimizer_kwargs = dict(optimizer_kwargs)
         self._fqns = [param_fqns(model) for model in model_parts]
+        self.masters: MasterWeights | None = None
         # Params whose state is a placeholder (see class docstring); dropped before each step.
         self._placeholder_params: set[torch.Tensor] = set()
         self.optimizers = []
         all_params: list[nn.Parameter] = []
         for model in model_parts:
             params = [p for p in model.parameters() if p.requires_grad]
-            self.optimizers.append(
-                optimizer_cls([{"params": params, PHASE_KEY: 0}], **optimizer_kwargs)
-            )
+            self.optimizers.append(optimizer_cls([{"params": params, PHASE_KEY: 0}],
+                                                 **optimizer_kwargs))
             all_params.extend(params)
         if not all_params:
-            logger.warning(
-                "No trainable parameter in phase 0 on this rank: nothing to optimize yet"
-            )
+            logger.warning("No trainable parameter in phase 0 on this rank: nothing to optimize")
         self._validate_length(len(self.model_parts))
         self._post_init(all_params, self.optimizer_kwargs)
 
@@ -212,12 +208,37 @@ class PhasedOptimizersContainer(OptimizersContainer):
         # dict lets a rank whose parts are all frozen in phase 0 (pipeline stages) build too.
         Optimizer.__init__(self, [{"params": all_params}], optimizer_kwargs)
 
+    def use_fp32_masters(self) -> None:
+        """Step fp32 masters of the trainable params instead of the (bf16) params themselves
+        (:mod:`titan_phases.components.master_weights`); call before the first step."""
+        if self.masters is None:
+            self.masters = MasterWeights(self._fqns)
+            for opt in self.optimizers:
+                for group in opt.param_groups:
+                    group["params"] = self.masters.add(group["params"])
+
+    def _stepped(self, params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
+        """What the inner optimizers step for ``params``: their masters, or themselves."""
+        return list(params) if self.masters is None else self.masters.add(params)
+
+    def _model_param(self, stepped: torch.Tensor) -> torch.Tensor:
+        return stepped if self.masters is None else self.masters.param(stepped)
+
     def step(self, *args: Any, **kwargs: Any) -> None:
         # Not super().step(): torch wraps the *class's* step with the hook runner, so calling a
         # wrapped base-class step from here would run the container's hooks twice.
         drop_placeholder_state(self.optimizers, self._placeholder_params)
+        if self.masters is not None:
+            self.masters.grads_to_masters()
         for optimizer in self.optimizers:
             optimizer.step(*args, **kwargs)
+        if self.masters is not None:
+            self.masters.write_back()
+
+    def zero_grad(self, *args: Any, **kwargs: Any) -> None:
+        super().zero_grad(*args, **kwargs)
+        if self.masters is not None:
+            self.masters.zero_param_grads()
 
     # --- transitions ----------------------------------------------------------------------
 
@@ -231,40 +252,22 @@ class PhasedOptimizersContainer(OptimizersContainer):
         leaving_per_part: Sequence[Sequence[nn.Parameter]] | None = None,
         groups: Sequence[int] | None = None,
     ) -> None:
-        """Enter phase ``phase``: drop the params that leave, add its thawed params as a new
-        param group in every inner optimizer.
+        """Enter phase ``phase`` (the current one + 1), after (un)freezing and before its first
+        step (the whole sequence is :func:`titan_phases.components.transition.enter_phase`).
 
-        Call after (un)freezing (``requires_grad_``) and before the first step of the phase.
-        With FSDP2, collect the params while every FSDP module is resharded
-        (:func:`titan_phases.components.thaw.reshard_fsdp_modules`), otherwise a root left
-        unsharded by a forward without backward yields unsharded tensors, which are rejected
-        here. The whole sequence, FSDP2's mixed-precision refresh included, is
-        :func:`titan_phases.components.transition.enter_phase`.
+        ``leaving_per_part`` (one list per model part) leave with their state and ``.grad``; a
+        group whose phase is not in ``groups`` (the schedule's
+        :attr:`~titan_phases.schedule.PhasePlan.groups`, needed when params leave) leaves, and
+        ``params_per_part`` form a new group if ``phase`` is in it (always without ``groups``).
+        With FSDP2, collect params while every FSDP module is resharded
+        (:func:`titan_phases.components.thaw.reshard_fsdp_modules`): a root left unsharded by a
+        forward without backward yields unsharded tensors, which are rejected.
 
-        Params that leave lose their state and their ``.grad``. A group whose phase is not in
-        ``groups`` leaves the optimizer (all its params left, on every rank: ``groups`` comes
-        from the schedule, :attr:`~titan_phases.schedule.PhasePlan.groups`), and the new group
-        is added only if ``phase`` is in it. Without ``groups`` (a schedule that only thaws)
-        every phase adds its group.
-
-        Without ``optimizer`` the new group takes ``lr`` (as ``lr`` and ``initial_lr``) and the
-        other hyperparameters of the previous group; the state of the params that stay is kept.
-        With ``optimizer=(class_path, init_args)`` every inner optimizer is rebuilt as that
-        class (``torch.optim`` name or dotted path) with ``init_args``: existing groups keep
-        their params, current ``lr`` and ``initial_lr`` (the running lr schedule carries over),
-        and state is kept only if the class is unchanged. Call the lr schedulers' ``add_phase``
-        next; it sets the new group's lr for the current step of the schedule.
-
-        Args:
-            phase (int): The phase being entered; must be the current phase + 1.
-            params_per_part (Sequence[Sequence[nn.Parameter]]): The phase's params, one list per
-                model part (empty where a part has none).
-            lr (float | None): The phase's lr; ``None`` uses the active optimizer's ``lr``.
-            optimizer (tuple[str, dict[str, Any]] | None): Optional reinit as ``(class_path,
-                init_args)``; it stays active for later phases until the next reinit.
-            leaving_per_part: The params that stop training, one list per model part.
-            groups: The phase's param groups by the phase that added each; needed when params
-                leave.
+        Without ``optimizer`` the new group takes ``lr`` (``None``: the optimizer's lr) as
+        ``lr`` and ``initial_lr``, and the previous group's other hyperparameters. With
+        ``optimizer=(class_path, init_args)`` every inner optimizer is rebuilt as that class
+        (until the next reinit): groups keep their params, ``lr`` and ``initial_lr``, and state
+        is kept only for the same class. The LR schedulers' ``add_phase`` comes next.
         """
         if phase != self.phase + 1:
             raise ValueError(
@@ -295,7 +298,7 @@ class PhasedOptimizersContainer(OptimizersContainer):
                 if adds_group:
                     last = opt.param_groups[-1] if opt.param_groups else opt.defaults
                     group = hyperparameters(last)
-                    group.update(params=list(params), lr=phase_lr, initial_lr=phase_lr)
+                    group.update(params=self._stepped(params), lr=phase_lr, initial_lr=phase_lr)
                     group[PHASE_KEY] = phase
                     opt.add_param_group(group)
         else:
@@ -309,16 +312,10 @@ class PhasedOptimizersContainer(OptimizersContainer):
 
         self.phase = phase
         if is_rank0():
-            logger.info(
-                "Optimizer phase %d: %d new params at lr %g, %d leave (%s)",
-                phase,
-                sum(len(p) for p in params_per_part),
-                phase_lr,
-                sum(len(p) for p in leaving_per_part),
-                "kept state" if optimizer is None else f"rebuilt as {self.optimizer_cls.__name__}",
-            )
-        for fqns, params in zip(self._fqns, params_per_part):
-            logger.debug("phase %d params: %s", phase, [fqns[p] for p in params])
+            kept = "kept" if optimizer is None else f"rebuilt as {self.optimizer_cls.__name__}"
+            logger.info("Optimizer phase %d: %d new params at lr %g, %d leave (state %s)", phase,
+                        sum(map(len, params_per_part)), phase_lr, sum(map(len, leaving_per_part)),
+                        kept)
 
     def _remove(
         self,
@@ -328,17 +325,20 @@ class PhasedOptimizersContainer(OptimizersContainer):
     ) -> None:
         problems = []
         for opt, leaving, fqns in zip(self.optimizers, leaving_per_part, self._fqns):
-            optimized = {p for g in opt.param_groups for p in g["params"]}
+            optimized = {self._model_param(p) for g in opt.param_groups for p in g["params"]}
             problems += [
                 f"{fqns.get(p, 'a parameter of another part')} is not optimized"
                 for p in leaving if p not in optimized
             ]
-            gone = set(leaving)
+            if problems:
+                continue
+            gone = set(leaving if self.masters is None else self.masters.remove(leaving))
             for group in opt.param_groups:
                 group["params"] = [p for p in group["params"] if p not in gone]
+            for stepped in gone:
+                opt.state.pop(stepped, None)
+                self._placeholder_params.discard(stepped)
             for param in leaving:
-                opt.state.pop(param, None)
-                self._placeholder_params.discard(param)
                 # A gradient left on a frozen param would still count in the gradient norm.
                 param.grad = None
             if groups is not None:
@@ -367,7 +367,7 @@ class PhasedOptimizersContainer(OptimizersContainer):
                 for g in old.param_groups
             ]
             if params_per_part is not None:
-                groups.append({"params": list(params_per_part[index]), "lr": phase_lr,
+                groups.append({"params": self._stepped(params_per_part[index]), "lr": phase_lr,
                                "initial_lr": phase_lr, PHASE_KEY: phase})
             new = optimizer_cls(groups, **optimizer_kwargs)
             if keep_state:
@@ -388,21 +388,21 @@ class PhasedOptimizersContainer(OptimizersContainer):
         for part, (params, fqns, opt) in enumerate(
             zip(params_per_part, self._fqns, self.optimizers)
         ):
-            optimized = {p: g[PHASE_KEY] for g in opt.param_groups for p in g["params"]}
+            optimized = {
+                self._model_param(p): g[PHASE_KEY] for g in opt.param_groups for p in g["params"]
+            }
             seen: set[torch.Tensor] = set()
             for param in params:
                 if param not in fqns:
                     problems.append(
                         f"model part {part}: a {type(param).__name__} of shape "
                         f"{tuple(param.shape)} is not a registered parameter of this part (with "
-                        "FSDP2, collect params only after reshard_fsdp_modules(model_parts))"
-                    )
+                        "FSDP2, collect params only after reshard_fsdp_modules(model_parts))")
                 elif not param.requires_grad:
                     problems.append(f"{fqns[param]} is frozen (requires_grad=False): thaw it first")
                 elif param in optimized:
-                    problems.append(
-                        f"{fqns[param]} is already optimized (phase {optimized[param]})"
-                    )
+                    problems.append(f"{fqns[param]} is already optimized (phase "
+                                    f"{optimized[param]})")
                 elif param in seen:
                     problems.append(f"{fqns[param]} is listed twice")
                 seen.add(param)
@@ -412,7 +412,9 @@ class PhasedOptimizersContainer(OptimizersContainer):
     # --- checkpointing --------------------------------------------------------------------
 
     def _layout(self) -> OptimizerLayout:
-        return OptimizerLayout(self.model_parts, self.optimizers, self._fqns)
+        if self.masters is None:
+            return OptimizerLayout(self.model_parts, self.optimizers, self._fqns)
+        return OptimizerLayout(self.masters.modules(), self.optimizers, self.masters.fqns())
 
     def _create_placeholder_state(self) -> None:
         self._placeholder_params |= create_placeholder_state(

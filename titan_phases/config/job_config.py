@@ -198,6 +198,17 @@ class Phases:
     cycle: Cycle = field(default_factory=Cycle)
     """A generated block-cyclic schedule, ``[phases.cycle]`` (see :class:`Cycle`)."""
 
+    fp32_master_weights: bool = False
+    """
+    With ``[training] dtype = "bfloat16"`` (every weight stored in bf16, 2 bytes a param): keep
+    an fp32 master copy, and fp32 optimizer state, for the params that train, and only for
+    them. Each step upcasts the bf16 gradient, steps the master and copies it back rounded;
+    a param that stops training is written back and its master freed. Checkpoints hold the
+    masters in the trainable params' place, so resume is exact and a model-only or HF save
+    writes their full-precision values. Without it, ``dtype = "bfloat16"`` is torchtitan's
+    pure bf16 training (bf16 optimizer state too).
+    """
+
     def effective_transition_mode(self, validation_enabled: bool) -> str:
         """``transition_mode`` with 'auto' resolved: a cycle changes blocks every
         ``steps_per_phase`` steps; other schedules watch the validation loss too when

@@ -60,12 +60,14 @@ class RankMemory:
     grads: int
     optimizer_state: int | None
     """None when the optimizer cannot be stepped on the meta device (see the limitations)."""
+    masters: int = 0
+    """fp32 master weights of the trainable params (``[phases] fp32_master_weights``)."""
 
     @property
     def total(self) -> int | None:
         if self.optimizer_state is None:
             return None
-        return self.params + self.grads + self.optimizer_state
+        return self.params + self.masters + self.grads + self.optimizer_state
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class Plan:
             peaks.append(RankMemory(
                 params=max(m.params for m in held), grads=max(m.grads for m in held),
                 optimizer_state=None if None in state else max(state),  # type: ignore[type-var]
+                masters=max(m.masters for m in held),
             ))
         return tuple(peaks)
 
@@ -181,22 +184,33 @@ def _memory(
     trainable: Sequence[str],
     optimizer: tuple[type[Optimizer], dict[str, Any]],
     world_size: int,
+    masters: bool,
 ) -> tuple[RankMemory, ...]:
+    """Per rank: every param's shard, the gradients of the trainable ones (FSDP2 leaves them
+    in the param's dtype), their fp32 masters with ``masters``, and the optimizer state,
+    which is over the masters' dtype then."""
     held = [[n for n in trainable if layouts[n].local_shapes[r] is not None]
             for r in range(world_size)]
-    shards = [(layouts[n].local_shapes[r], layouts[n].dtype) for r in range(world_size)
+
+    def stepped(name: str) -> torch.dtype:
+        return torch.float32 if masters else layouts[name].dtype
+
+    shards = [(layouts[n].local_shapes[r], stepped(n)) for r in range(world_size)
               for n in held[r]]
     per_shard = state_bytes(*optimizer, shards)
     memory = []
     for rank in range(world_size):
         grads = sum(layouts[n].local_bytes(rank) for n in trainable)
         state = None if per_shard is None else sum(
-            per_shard[(layouts[n].local_shapes[rank], layouts[n].dtype)] for n in held[rank]
+            per_shard[(layouts[n].local_shapes[rank], stepped(n))] for n in held[rank]
         )
+        fp32 = torch.float32.itemsize
         memory.append(RankMemory(
             params=sum(layout.local_bytes(rank) for layout in layouts.values()),
             grads=grads,
             optimizer_state=state,
+            masters=sum(layouts[n].local_bytes(rank) // layouts[n].dtype.itemsize * fp32
+                        for n in trainable) if masters else 0,
         ))
     return tuple(memory)
 
@@ -250,7 +264,9 @@ def build_plan(
             may_end_earlier=may_plateau and k is not None,
             trainable_params=sum(resolved.param_numels[n] for n in trainable),
             optimizer=optimizer[0].__name__, flops_ratio=ratio,
-            memory=_memory(layouts, trainable, optimizer, world_size), seconds=None,
+            memory=_memory(layouts, trainable, optimizer, world_size,
+                           job_config.phases.fp32_master_weights),
+            seconds=None,
         )
         steps = phase.steps
         if seconds_per_step is None or steps is None:
@@ -285,7 +301,8 @@ def build_plan(
 
 def _unit(plan: Plan) -> tuple[str, int]:
     """GiB, or MiB for models whose largest figure is below a GiB."""
-    totals = [m.total or m.params + m.grads for p in (*plan.phases, plan.full) for m in p.memory]
+    totals = [m.total or m.params + m.masters + m.grads
+              for p in (*plan.phases, plan.full) for m in p.memory]
     return ("GiB", _GIB) if max(totals, default=0) >= _GIB else ("MiB", _MIB)
 
 
@@ -328,14 +345,19 @@ def render_plan(plan: Plan) -> str:
         "",
     ]
     name, unit = _unit(plan)
+    with_masters = any(m.masters for p in plan.phases for m in p.memory)
+    kinds = ("params", "fp32 masters", "grads", "optim state", "total") if with_masters else (
+        "params", "grads", "optim state", "total")
     header = ["phase", "steps", "trainable", "optimizer", "FLOPs/step vs full",
-              *(f"{what} {name}/rank" for what in ("params", "grads", "optim state", "total"))]
+              *(f"{what} {name}/rank" for what in kinds)]
     if plan.seconds_per_step is not None:
         header.append("wall time")
     rows = [header]
 
     def memory_cells(memory: Sequence[RankMemory], totals: Sequence[int | None]) -> list[str]:
-        return [_amount([m.params for m in memory], unit), _amount([m.grads for m in memory], unit),
+        masters = [_amount([m.masters for m in memory], unit)] if with_masters else []
+        return [_amount([m.params for m in memory], unit), *masters,
+                _amount([m.grads for m in memory], unit),
                 _amount([m.optimizer_state for m in memory], unit), _amount(totals, unit)]
 
     for phase in (*plan.phases, plan.full):

@@ -132,6 +132,11 @@ def check_settings(
 
     if cfg.cycle.enable is True:
         _check_cycle_settings(cfg, source, problems, explicit=explicit)
+    if cfg.fp32_master_weights is True and job_config.training.dtype != "bfloat16":
+        problems.error(source, None, "phases.fp32_master_weights",
+                       f"keeps fp32 masters of bf16 weights, but training.dtype = "
+                       f"{job_config.training.dtype!r} stores the weights in that dtype already",
+                       'set training.dtype = "bfloat16", or remove fp32_master_weights')
     reinit_optimizer = reinit_lr_scheduler = None
     if explicit:
         for name in ("reinit_optimizer", "reinit_lr_scheduler"):

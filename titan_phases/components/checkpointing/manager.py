@@ -3,7 +3,8 @@
 :func:`install` puts everything titan_phases changes about a job's checkpoints onto the
 trainer's CheckpointManager, in one call; no other module touches the manager:
 
-* the phase controller is saved under :data:`~.format.PHASES_KEY`;
+* the phase controller is saved under :data:`~.format.PHASES_KEY`, and with fp32 master
+  weights the masters in the trainable params' place;
 * every save, torchtitan's own included, also writes this rank's integrity record
   (:mod:`.integrity`), and a save that fails for want of space stops training with one message
   (:mod:`.save_failure`);
@@ -35,6 +36,7 @@ import torch.nn as nn
 from torch.distributed.checkpoint.stateful import Stateful
 from torchtitan.components.checkpoint import MODEL
 
+from titan_phases.components.master_weights import MasterWeights, ModelStateWithMasters
 from titan_phases.components.phase_controller import PhaseController
 from titan_phases.components.thaw import reshard_fsdp_modules
 
@@ -68,7 +70,12 @@ _NO_CHECKPOINT_FOLDER = "titan_phases-no-complete-checkpoint"
 class PhasedCheckpointing:
     """titan_phases' side of a job's CheckpointManager; see the module docstring."""
 
-    def __init__(self, checkpointer: CheckpointManager, controller: PhaseController) -> None:
+    def __init__(
+        self,
+        checkpointer: CheckpointManager,
+        controller: PhaseController,
+        masters: MasterWeights | None = None,
+    ) -> None:
         self._checkpointer = checkpointer
         self._save = checkpointer.save
         self._rank = dist.get_rank() if dist.is_initialized() else 0
@@ -78,6 +85,8 @@ class PhasedCheckpointing:
         if checkpointer.enable and not self._records:
             logger.warning("torchft checkpoints get no titan_phases integrity record")
         checkpointer.states[PHASES_KEY] = controller
+        if masters is not None:
+            checkpointer.states[MODEL] = ModelStateWithMasters(checkpointer.states[MODEL], masters)
         checkpointer.save = self.save
 
     @property
@@ -220,6 +229,12 @@ class PhasedCheckpointing:
         )
 
 
-def install(checkpointer: CheckpointManager, controller: PhaseController) -> PhasedCheckpointing:
-    """Put titan_phases' checkpointing onto ``checkpointer`` (see the module docstring)."""
-    return PhasedCheckpointing(checkpointer, controller)
+def install(
+    checkpointer: CheckpointManager,
+    controller: PhaseController,
+    masters: MasterWeights | None = None,
+) -> PhasedCheckpointing:
+    """Put titan_phases' checkpointing onto ``checkpointer`` (see the module docstring);
+    ``masters``: the fp32 masters of a bf16 model, saved and loaded in the trainable params'
+    place (:class:`~titan_phases.components.master_weights.ModelStateWithMasters`)."""
+    return PhasedCheckpointing(checkpointer, controller, masters)
