@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.jobs import from_initial, JobResult, run_job
+from tests.trainer.jobs import CYCLE_JOB, from_initial, JobResult, run_job
 from tests.trainer.tiny_checks import BATCH_4, SCALE_FREE
 
 
@@ -56,5 +56,18 @@ def one_rank(
     parallelism alone and of pipeline parallelism, which see the same batches."""
     result = run_job(tmp_path_factory.mktemp("one_rank") / "run", *from_initial(initial_weights),
                      *SCALE_FREE, *BATCH_4, nproc=1)
+    assert result.returncode == 0, result.failure()
+    return result
+
+
+@pytest.fixture(scope="session")
+def cycle_run(
+    initial_weights: Path, tmp_path_factory: pytest.TempPathFactory, embedded_assets: Path
+) -> JobResult:
+    """The block-cyclic job (``cycle_job.toml``) on 2 ranks (1-D FSDP) from the initial weights,
+    never stopped, with its backward all-gathers recorded: the reference of the block-cyclic
+    layouts and kills, and the fp32 reference of bf16 storage with fp32 masters."""
+    result = run_job(tmp_path_factory.mktemp("cycle") / "run", *from_initial(initial_weights),
+                     config=CYCLE_JOB, record_all_gathers=True)
     assert result.returncode == 0, result.failure()
     return result

@@ -18,6 +18,7 @@ from tests.launches import launch
 from titan_phases.components.metrics_file import Metrics, METRICS_FILE, read_metrics
 
 TINY_JOB = REPO / "tests" / "trainer" / "tiny_job.toml"
+CYCLE_JOB = REPO / "tests" / "trainer" / "cycle_job.toml"
 
 
 @dataclass
