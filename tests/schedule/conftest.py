@@ -1,12 +1,17 @@
-"""Shared helpers: job configs built directly (no CLI parsing) and problem assertions."""
+"""Shared helpers: job configs built directly (no CLI parsing), problem assertions, and the
+parameter names of a model with tied weights."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
+import torch
 from torchtitan.config import ConfigManager
 from torchtitan.config import JobConfig as TitanJobConfig
+from torchtitan.models.qwen3 import qwen3_args
+from torchtitan.protocols.train_spec import get_train_spec
 
 from titan_phases.config.job_config import JobConfig as PhasesJobConfig
 from titan_phases.schedule import load_and_validate, Problem, ScheduleError
@@ -58,3 +63,14 @@ def two_phases(**phase1: Any) -> dict[str, Any]:
         "0": {"params": ["output.weight", "norm.weight"], "max_transition_step": 100},
         "1": {"params": [r"layers\.5\..+"], **phase1},
     }
+
+
+def qwen3_debug_names() -> list[str]:
+    """Every name of torchtitan's qwen3 debug model's parameters, the tied head's
+    ``output.weight`` (the embedding, registered first as ``tok_embeddings.weight``) too."""
+    with torch.device("meta"):
+        model = get_train_spec("qwen3").model_cls(copy.deepcopy(qwen3_args["debugmodel"]))
+    return [n for n, _ in model.named_parameters(remove_duplicate=False)]
+
+
+QWEN3_TIED = {"output.weight": "tok_embeddings.weight"}

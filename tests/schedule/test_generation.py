@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from titan_phases.schedule import load_and_validate
-from titan_phases.schedule.generation import phase_groups, transition_steps
+from titan_phases.schedule.errors import Problems
+from titan_phases.schedule.generation import generate_schedule, phase_groups, transition_steps
 
-from .conftest import make_job, NUM_DEBUGMODEL_PARAMS
+from .conftest import make_job, NUM_DEBUGMODEL_PARAMS, qwen3_debug_names, QWEN3_TIED
 
 
 def test_debugmodel_schedule_covers_every_parameter_exactly_once():
@@ -80,6 +81,39 @@ def test_modules_between_two_block_stacks():
     names = ["emb.w", "down.0.w", "down.1.w", "mid.w", "up.0.w", "up.1.w", "out.w"]
     assert phase_groups(names, 2) == [["out.w"], [r"up\.(0|1)\..+"], ["mid.w", r"down\.1\..+"],
                                       [r"down\.0\..+"], ["emb.w"]]
+
+
+def test_a_head_tied_to_the_embeddings_is_thawed_with_the_head():
+    names = qwen3_debug_names()
+    assert names[0] == "tok_embeddings.weight" and names[-2:] == ["norm.weight", "output.weight"]
+    assert phase_groups(names, 4, QWEN3_TIED) == [
+        ["norm.weight", "tok_embeddings.weight"], [r"layers\.(4|5|6|7)\..+"],
+        [r"layers\.(0|1|2|3)\..+"]]
+    # What the model lists (the tied name once, by the name registered first) puts the head
+    # last and leaves phase 0 the final norm alone.
+    listed = [n for n in names if n != "output.weight"]
+    assert phase_groups(listed, 4)[0] == ["norm.weight"]
+
+
+def test_a_generated_schedule_says_which_phase_thaws_a_tied_parameter():
+    problems = Problems()
+    schedule = generate_schedule(
+        qwen3_debug_names(), blocks_per_phase=8, max_depth=-1, transition_mode="fixed",
+        training_steps=10, steps_per_phase=0, reinit_optimizer=None, reinit_lr_scheduler=None,
+        tied=QWEN3_TIED, source="job.toml", problems=problems)
+    assert [p.params for p in schedule.phases] == [
+        ("norm.weight", "tok_embeddings.weight"), (r"layers\.(0|1|2|3|4|5|6|7)\..+",)]
+    (warning,) = problems.warnings
+    assert (warning.phase, warning.key) == (0, "params")
+    assert "output.weight is tied to tok_embeddings.weight" in str(warning)
+
+
+def test_a_tied_name_inside_a_block_leaves_the_parameter_to_its_block():
+    names = ["emb.w", "layers.0.w", "layers.1.w", "layers.1.emb", "head.w"]
+    assert phase_groups(names, 1, {"layers.1.emb": "emb.w"}) == [
+        ["head.w"], [r"layers\.1\..+"], [r"layers\.0\..+"], ["emb.w"]]
+    assert phase_groups(names[:-1] + ["head.w"], 1, {"head.w": "layers.0.w"}) == [
+        [r"layers\.1\..+"], [r"layers\.0\..+"], ["emb.w"]]
 
 
 def test_transition_steps_beyond_max_depth_are_unset():

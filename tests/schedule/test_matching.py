@@ -16,6 +16,10 @@ from titan_phases.schedule import (
     resolve_phase_params,
     ScheduleError,
 )
+from titan_phases.schedule.errors import Problems
+from titan_phases.schedule.matching import match_phase_params, select_params
+
+from .conftest import qwen3_debug_names, QWEN3_TIED
 
 
 def debug_model() -> torch.nn.Module:
@@ -69,3 +73,23 @@ def test_overlap_and_no_match_reported_together():
         resolve_phase_params(schedule(["a.x", "b.x"], ["nothing", r"a\..*"]), ["a.x", "b.x"])
     keys = [(p.phase, p.key) for p in info.value.problems]
     assert keys == [(1, "params[0]"), (1, "params[1]")]
+
+
+def test_naming_a_tied_head_points_to_the_name_the_model_lists():
+    listed = [n for n in qwen3_debug_names() if n != "output.weight"]
+    problems = Problems()
+    match_phase_params(schedule(["output.weight", "norm.weight"], [r"layers\..+"]), listed,
+                       problems, QWEN3_TIED)
+    (problem,) = problems.errors
+    assert (problem.phase, problem.key) == (0, "params[0]")
+    assert problem.hint.startswith("output.weight is tied to tok_embeddings.weight (one parameter")
+    assert problem.hint.endswith("name 'tok_embeddings.weight'")
+    # Without the ties, the nearest names are all there is to say.
+    untied = Problems()
+    match_phase_params(schedule(["output.weight", "norm.weight"], [r"layers\..+"]), listed,
+                       untied)
+    assert untied.errors[0].hint == "closest parameter names: norm.weight"
+    selected = Problems()
+    select_params(["output.weight"], listed, "job.toml", "phases.cycle.always_train", selected,
+                  QWEN3_TIED)
+    assert "is tied to tok_embeddings.weight" in selected.errors[0].hint

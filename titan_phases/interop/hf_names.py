@@ -24,6 +24,7 @@ from torchtitan.config import JobConfig
 from torchtitan.protocols.train_spec import get_train_spec
 
 from titan_phases.schedule.errors import Problem, Problems, ScheduleError
+from titan_phases.schedule.matching import as_written
 from titan_phases.schedule.model_info import model_param_numels
 
 
@@ -102,7 +103,7 @@ def to_titan_names(
             if not found:
                 problems.error(
                     source, int(key), "params",
-                    f"{pattern!r} matches no HF parameter name of the job's model",
+                    f"{as_written(pattern)} matches no HF parameter name of the job's model",
                     "check the prefix (--strip-prefix) and the names in the model's HF checkpoint",
                 )
             matched |= found

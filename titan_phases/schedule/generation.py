@@ -8,11 +8,17 @@ parameter tensors per phase instead, which splits blocks across phases.
 Blocks are what :mod:`titan_phases.schedule.blocks` says they are. Modules registered between two
 blocks, or a model without numbered blocks, are handled by treating each such top-level module
 as one unit, thawed in reverse registration order like a block.
+
+Tied weights (one parameter under two names, e.g. qwen3's small flavors, whose output head is
+``tok_embeddings.weight``; ``named_parameters()`` reports it once, by the name registered
+first) are placed by every name they have: the parameter is thawed in the first phase that one
+of its places falls in, which puts a head tied to the embeddings into phase 0, and a warning
+says so. A parameter inside a block is thawed with its block, whatever its other names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .blocks import block_of, block_pattern
@@ -52,8 +58,38 @@ def _patterns(group: Sequence[_Unit]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def phase_groups(names: Sequence[str], blocks_per_phase: int) -> list[list[str]]:
-    """The generated phases as pattern lists (see the module docstring for the order)."""
+def _untie(groups: list[list[_Unit]], tied: Mapping[str, str]) -> list[list[_Unit]]:
+    """``groups`` with each tied name outside the blocks replaced by the parameter's own name,
+    kept only in the first unit that has it (in thawing order); units and groups left empty are
+    dropped. A block's regex selects its own parameters, so a parameter inside a block stays
+    there."""
+    seen: set[str] = set()
+    untied = []
+    for group in groups:
+        units = []
+        for unit in group:
+            names = unit.names
+            if unit.index is None:
+                names = [n for n in dict.fromkeys(tied.get(n, n) for n in names)
+                         if n not in seen and block_of(n) is None]
+            seen.update(names)
+            if names:
+                units.append(_Unit(unit.prefix, unit.index, names))
+        if units:
+            untied.append(units)
+    return untied
+
+
+def phase_groups(
+    names: Sequence[str], blocks_per_phase: int, tied: Mapping[str, str] | None = None
+) -> list[list[str]]:
+    """The generated phases as pattern lists (see the module docstring for the order).
+
+    ``names`` are the model's canonical parameter names in registration order; a tied
+    parameter's other names (``tied``'s keys, mapped to the name ``named_parameters()``
+    reports) may appear among them at their own places, as
+    ``named_parameters(remove_duplicate=False)`` lists them.
+    """
     units = _units(names)
     block_positions = [i for i, u in enumerate(units) if u.index is not None]
     if block_positions:
@@ -66,7 +102,7 @@ def phase_groups(names: Sequence[str], blocks_per_phase: int) -> list[list[str]]
     groups += [middle[i:i + blocks_per_phase] for i in range(0, len(middle), blocks_per_phase)]
     if embeddings:
         groups.append(embeddings)
-    return [list(_patterns(g)) for g in groups]
+    return [list(_patterns(g)) for g in _untie(groups, tied or {})]
 
 
 def transition_steps(
@@ -95,17 +131,28 @@ def generate_schedule(
     reinit_optimizer: OptimizerInit | None,
     reinit_lr_scheduler: LRSchedulerInit | None,
     base_max_lr: float = 0.0,
+    tied: Mapping[str, str] | None = None,
     source: str,
     problems: Problems,
 ) -> PhaseSchedule:
-    """Build the implicit schedule for a model with ``param_names`` (canonical, model order).
+    """Build the implicit schedule for a model with ``param_names`` (canonical, model order;
+    with tied names, see :func:`phase_groups`).
 
     Reinit configs are put into every phase >= 1, and so is ``lr = base_max_lr`` when it is
     set (> 0; FTS's ``base_max_lr``). Transition steps are valid by construction; when
     ``training.steps`` is too short to give each running phase a step, that is reported into
-    ``problems``.
+    ``problems``. Each tied parameter gets a warning naming its names and its phase.
     """
-    groups = phase_groups(param_names, blocks_per_phase)
+    groups = phase_groups(param_names, blocks_per_phase, tied)
+    for alias, name in (tied or {}).items():
+        k = next((k for k, g in enumerate(groups) if name in g), None)
+        if k is not None:
+            problems.warn(
+                source, k, "params",
+                f"{alias} is tied to {name} (one parameter under both names): thawed here, in "
+                f"the first phase either name falls in, as {name}",
+                f"name it {name} in a written schedule",
+            )
     n_running = running_phase_count(len(groups), max_depth)
     steps: list[int | None] = [None] * len(groups)
     if transition_mode != "plateau":

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import classes
 from .errors import Problem, Problems, ScheduleError
+from .matching import as_written
 from .schema import LRSchedulerInit, OptimizerInit, Phase, PhaseSchedule
 
 PHASE_KEYS = (
@@ -110,7 +111,7 @@ def _positive_float(
 ) -> float | None:
     if not is_number(value) or not math.isfinite(value) or value <= 0:
         problems.error(
-            source, phase, key, f"expected a positive number, got {value!r}",
+            source, phase, key, f"expected a positive number, got {as_written(value)}",
             "write a float such as 1.0e-4",
         )
         return None
@@ -121,7 +122,7 @@ def _class_path(value: Any, default_module: str, source: str, phase: int | None,
                 problems: Problems) -> str | None:
     if not isinstance(value, str) or not value.strip():
         problems.error(
-            source, phase, key, f"expected a class path string, got {value!r}",
+            source, phase, key, f"expected a class path string, got {as_written(value)}",
             f'e.g. class_path = "{default_module}.<Name>"',
         )
         return None
@@ -182,7 +183,8 @@ def parse_lr_scheduler_init(raw: Any, source: str, phase: int | None, prefix: st
         lrs = raw["init_pg_lrs"]
         key = f"{prefix}.init_pg_lrs"
         if not isinstance(lrs, list) or not lrs:
-            problems.error(source, phase, key, f"expected a non-empty list of lrs, got {lrs!r}",
+            problems.error(source, phase, key,
+                           f"expected a non-empty list of lrs, got {as_written(lrs)}",
                            "write init_pg_lrs = [lr_group0, lr_group1, ...]")
             ok = False
         else:
@@ -206,31 +208,33 @@ def _parse_params(raw: Any, source: str, phase: int, problems: Problems,
     """A list of parameter names/regexes under ``key`` (``params`` or ``freeze``)."""
     does = "thaws" if key == "params" else "stops training"
     if isinstance(raw, str):
-        problems.error(source, phase, key, f"expected a list, got the string {raw!r}",
-                       f"write {key} = [{raw!r}]")
+        problems.error(source, phase, key, f"expected a list, got the string {as_written(raw)}",
+                       f"write {key} = [{as_written(raw)}]")
         return ()
     if not isinstance(raw, list) or not raw:
         problems.error(source, phase, key, f"expected a non-empty list of names/regexes, "
-                       f"got {raw!r}", f"list the parameters this phase {does}")
+                       f"got {as_written(raw)}", f"list the parameters this phase {does}")
         return ()
     patterns = []
     first_index: dict[str, int] = {}
     for i, pattern in enumerate(raw):
         if not isinstance(pattern, str) or not pattern.strip():
             problems.error(source, phase, f"{key}[{i}]",
-                           f"expected a parameter name or regex, got {pattern!r}")
+                           f"expected a parameter name or regex, got {as_written(pattern)}")
             continue
         if pattern in first_index:
             # Harmless to matching, but usually a copy that was meant to be edited.
             problems.error(source, phase, f"{key}[{i}]",
-                           f"{pattern!r} is listed twice (also {key}[{first_index[pattern]}])",
+                           f"{as_written(pattern)} is listed twice "
+                           f"(also {key}[{first_index[pattern]}])",
                            "remove the copy, or change it to the parameters it was meant for")
             continue
         first_index[pattern] = i
         try:
             re.compile(pattern)
         except re.error as e:
-            problems.error(source, phase, f"{key}[{i}]", f"invalid regex {pattern!r}: {e}",
+            problems.error(source, phase, f"{key}[{i}]",
+                           f"invalid regex {as_written(pattern)}: {e}",
                            "escape literal dots and brackets, e.g. layers\\.0\\..*")
             continue
         patterns.append(pattern)
@@ -258,7 +262,7 @@ def _parse_phase(index: int, raw: Any, source: str, problems: Problems) -> Phase
     step = raw.get("max_transition_step")
     if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 1):
         problems.error(source, index, "max_transition_step",
-                       f"expected a training step (an integer >= 1), got {step!r}")
+                       f"expected a training step (an integer >= 1), got {as_written(step)}")
         step = None
 
     lr = raw.get("lr")

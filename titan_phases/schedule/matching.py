@@ -15,16 +15,31 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from .errors import Problems
 from .schema import Phase, PhaseSchedule
+from .toml_writer import value_to_toml
 
 WRAPPER_SEGMENTS = frozenset({"_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"})
 
 # Listing a few names is enough to locate an overlap; the rest is summarised.
 _MAX_NAMES_SHOWN = 3
+
+
+def as_written(value: Any) -> str:
+    """``value`` for a message, as a TOML file writes it: a string in single quotes, so a
+    regex reads as it was written (``'layers\\.3\\..+'``, not Python's doubled backslashes);
+    one holding a single quote or a control character as a TOML basic string; a list as a
+    list of such values. Anything else as Python prints it."""
+    if isinstance(value, str):
+        if "'" in value or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            return value_to_toml(value)
+        return f"'{value}'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(as_written(v) for v in value) + "]"
+    return repr(value)
 
 
 def canonical_param_name(name: str) -> str:
@@ -46,13 +61,35 @@ def _shorten(names: Sequence[str]) -> str:
     return f"{shown} (+{more} more)" if more > 0 else shown
 
 
-def _no_match_hint(pattern: str, names: Sequence[str]) -> str:
+def _tied_hint(pattern: str, tied: Mapping[str, str]) -> str | None:
+    """What to write instead of a pattern that selects only other names of tied parameters."""
+    aliases = [a for a in tied if pattern == a or _fullmatch(pattern, a)]
+    if not aliases:
+        return None
+    targets = list(dict.fromkeys(tied[a] for a in aliases))
+    pairs = ", ".join(f"{a} is tied to {tied[a]}" for a in aliases)
+    return (f"{pairs} (one parameter under both names; the model lists it once, by the name "
+            f"registered first): name {', '.join(map(as_written, targets))}")
+
+
+def _fullmatch(pattern: str, name: str) -> bool:
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def _no_match_hint(pattern: str, names: Sequence[str],
+                   tied: Mapping[str, str] | None = None) -> str:
+    tied_hint = _tied_hint(pattern, tied or {})
+    if tied_hint is not None:
+        return tied_hint
     if pattern.startswith(("model.", "model\\.")):
         return "drop the Lightning 'model.' prefix (titan-phases import-fts --strip-prefix)"
     close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.6)
     if close:
         return f"closest parameter names: {', '.join(close)}"
-    return f"parameter names look like {names[0]!r}; see `titan-phases show --params`"
+    return f"parameter names look like {as_written(names[0])}; see `titan-phases show --params`"
 
 
 class PhaseMatch(NamedTuple):
@@ -77,7 +114,8 @@ def _matcher(names: Sequence[str]) -> Callable[[str], list[str]]:
 
 
 def match_phase_params(
-    schedule: PhaseSchedule, param_names: Iterable[str], problems: Problems
+    schedule: PhaseSchedule, param_names: Iterable[str], problems: Problems,
+    tied: Mapping[str, str] | None = None,
 ) -> PhaseMatch:
     """Per phase, the canonical names it thaws and freezes, in model order.
 
@@ -85,7 +123,9 @@ def match_phase_params(
     a pattern matching no parameter; a ``params`` pattern selecting a parameter that is
     trainable at that point (thawed before and not frozen since: the earlier phase keeps it);
     a ``freeze`` pattern selecting one that is not trainable then; a parameter the same phase
-    freezes and thaws; and a phase in which no parameter trains.
+    freezes and thaws; and a phase in which no parameter trains. ``tied`` maps the other names
+    of tied parameters (``output.weight``) to the names the model lists them by
+    (``tok_embeddings.weight``): a pattern naming only those is told which name to use.
     """
     names = list(dict.fromkeys(canonical_param_name(n) for n in param_names))
     order = {n: i for i, n in enumerate(names)}
@@ -94,7 +134,7 @@ def match_phase_params(
     thawed: list[list[str]] = []
     frozen: list[list[str]] = []
     for phase in schedule.phases:
-        leaving = _match_freeze(schedule.source, phase, matches, owner, names, problems)
+        leaving = _match_freeze(schedule.source, phase, matches, owner, names, problems, tied)
         for name in leaving:
             del owner[name]
         selected: set[str] = set()
@@ -102,8 +142,8 @@ def match_phase_params(
             matched = matches(pattern)
             if not matched:
                 problems.error(schedule.source, phase.index, f"params[{i}]",
-                               f"{pattern!r} matches no parameter of the model",
-                               _no_match_hint(pattern, names))
+                               f"{as_written(pattern)} matches no parameter of the model",
+                               _no_match_hint(pattern, names, tied))
                 continue
             taken: dict[int, list[str]] = {}
             for name in matched:
@@ -114,8 +154,8 @@ def match_phase_params(
             for other, overlap in taken.items():
                 problems.error(
                     schedule.source, phase.index, f"params[{i}]",
-                    f"{pattern!r} also selects {len(overlap)} parameter(s) already in phase "
-                    f"{other}, still trainable: {_shorten(overlap)}",
+                    f"{as_written(pattern)} also selects {len(overlap)} parameter(s) already in "
+                    f"phase {other}, still trainable: {_shorten(overlap)}",
                     f"a parameter trains in one phase's group at a time: narrow this pattern, "
                     f"remove the parameter(s) from phase {other}, or freeze them in between",
                 )
@@ -137,7 +177,7 @@ def match_phase_params(
 
 def _match_freeze(
     source: str, phase: Phase, matches: Callable[[str], list[str]], owner: dict[str, int],
-    names: Sequence[str], problems: Problems,
+    names: Sequence[str], problems: Problems, tied: Mapping[str, str] | None,
 ) -> list[str]:
     """The trainable parameters ``phase.freeze`` selects; reports patterns that match none."""
     leaving: set[str] = set()
@@ -145,14 +185,14 @@ def _match_freeze(
         matched = matches(pattern)
         if not matched:
             problems.error(source, phase.index, f"freeze[{i}]",
-                           f"{pattern!r} matches no parameter of the model",
-                           _no_match_hint(pattern, names))
+                           f"{as_written(pattern)} matches no parameter of the model",
+                           _no_match_hint(pattern, names, tied))
             continue
         idle = [name for name in matched if name not in owner]
         if idle:
             problems.error(source, phase.index, f"freeze[{i}]",
-                           f"{pattern!r} selects {len(idle)} parameter(s) that do not train "
-                           f"before phase {phase.index}: {_shorten(idle)}",
+                           f"{as_written(pattern)} selects {len(idle)} parameter(s) that do not "
+                           f"train before phase {phase.index}: {_shorten(idle)}",
                            "freeze only parameters an earlier phase thawed (and did not freeze)")
         leaving.update(name for name in matched if name in owner)
     return list(leaving)
@@ -160,11 +200,11 @@ def _match_freeze(
 
 def select_params(
     patterns: Sequence[str], param_names: Iterable[str], source: str, key: str,
-    problems: Problems,
+    problems: Problems, tied: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The canonical names ``patterns`` select (outside a phase, e.g. a cycle's
     ``always_train``), in model order; reports a pattern that is not a valid regex or matches
-    nothing as ``key[i]``."""
+    nothing as ``key[i]`` (``tied`` as for :func:`match_phase_params`)."""
     names = list(dict.fromkeys(canonical_param_name(n) for n in param_names))
     matches = _matcher(names)
     selected: set[str] = set()
@@ -172,13 +212,13 @@ def select_params(
         try:
             matched = matches(pattern)
         except re.error as e:
-            problems.error(source, None, f"{key}[{i}]", f"invalid regex {pattern!r}: {e}",
+            problems.error(source, None, f"{key}[{i}]", f"invalid regex {as_written(pattern)}: {e}",
                            "escape literal dots and brackets, e.g. layers\\.0\\..*")
             continue
         if not matched:
             problems.error(source, None, f"{key}[{i}]",
-                           f"{pattern!r} matches no parameter of the model",
-                           _no_match_hint(pattern, names))
+                           f"{as_written(pattern)} matches no parameter of the model",
+                           _no_match_hint(pattern, names, tied))
         selected.update(matched)
     return [name for name in names if name in selected]
 

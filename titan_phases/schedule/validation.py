@@ -24,6 +24,7 @@ from titan_phases.config.typecheck import describe, fits
 from . import classes
 from .errors import Problems
 from .loading import parse_lr_scheduler_init, parse_optimizer_init
+from .matching import as_written
 from .schema import LRSchedulerInit, OptimizerInit, PhaseSchedule
 
 _DUMMY_LR = 1.0e-3
@@ -87,7 +88,8 @@ def check_settings(
             valid.add(f.name)
         else:
             expected = "a finite number" if fits(value, hint) else describe(hint)
-            problems.error(source, None, f"phases.{f.name}", f"expected {expected}, got {value!r}")
+            problems.error(source, None, f"phases.{f.name}",
+                           f"expected {expected}, got {as_written(value)}")
 
     ranges = {
         "lr_scale": (lambda v: v > 0, "must be > 0"),
@@ -100,7 +102,8 @@ def check_settings(
     }
     for name, (ok, message) in ranges.items():
         if name in valid and not ok(getattr(cfg, name)):
-            problems.error(source, None, f"phases.{name}", f"{message}, got {getattr(cfg, name)!r}")
+            problems.error(source, None, f"phases.{name}",
+                           f"{message}, got {as_written(getattr(cfg, name))}")
             valid.discard(name)
 
     if cfg.schedule_file and cfg.schedule:
@@ -300,7 +303,8 @@ def _typed_init_args(cls: type, init_args: Mapping[str, Any], source: str, phase
     mistyped = classes.mistyped_init_args(cls, init_args)
     for name, expected in mistyped.items():
         problems.error(source, phase, f"{prefix}.init_args.{name}",
-                       f"expected {expected}, got {init_args[name]!r}", _signature_hint(cls))
+                       f"expected {expected}, got {as_written(init_args[name])}",
+                       _signature_hint(cls))
     if not all(classes.has_default(cls, name) for name in mistyped):
         return None
     return {k: v for k, v in init_args.items() if k not in mistyped}
