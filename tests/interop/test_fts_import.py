@@ -118,6 +118,17 @@ def test_docs_style_schedule_converts_and_validates():
                                   "ffn_norm.weight"))
 
 
+def test_a_no_decay_split_is_named_with_the_weight_decay_it_loses():
+    result, _ = convert(EXPLICIT, steps_per_epoch=50, prefix="model.")
+    (note,) = [n for n in result.notes if "no_decay" in n]
+    assert "FTS gives the no_decay group" in note and "weight_decay = 0" in note
+    assert "decay with the optimizer's weight_decay" in note
+    one_group, _ = convert(EXPLICIT.replace("[1.0e-06, 1.0e-06, 2.0e-06, 2.0e-06]",
+                                            "[1.0e-06, 2.0e-06]").replace(
+        "[2.0e-06, 2.0e-06]", "[2.0e-06]"), steps_per_epoch=50, prefix="model.")
+    assert not any("no_decay" in n for n in one_group.notes)
+
+
 def test_groups_per_phase_can_be_forced():
     result, errors = convert(EXPLICIT, steps_per_epoch=50, prefix="model.", groups_per_phase=1)
     assert any(p.phase == 2 and p.key == "new_lr_scheduler.init_pg_lrs" for p in errors)
@@ -370,3 +381,25 @@ def test_cli_converts_against_the_jobs_names_and_lists_looser_matches(tmp_path, 
     converted = tomllib.loads(out.read_text())
     assert converted["0"]["params"] == ["output.weight", "norm.weight", "layers.5.attention.*"]
     assert converted["1"]["params"] == ["layers.4.*"]
+
+
+def test_cli_writes_nothing_when_the_converted_schedule_fails_against_the_job(tmp_path, capsys):
+    job = tmp_path / "job.toml"
+    job.write_text('[model]\nname = "llama3"\nflavor = "debugmodel"\n[training]\nsteps = 400\n')
+    fts = tmp_path / "fts.yaml"
+    fts.write_text("0: {params: [model.output.weight], max_transition_epoch: 1}\n"
+                   "1: {params: ['model.layers.9.*']}\n")
+    out = tmp_path / "schedule.toml"
+    assert main(["import-fts", str(fts), "--out", str(out), "--steps-per-epoch", "10",
+                 "--strip-prefix", "--job.config_file", str(job)]) == 2
+    _, err = capsys.readouterr()
+    assert f"invalid imported schedule, {out} not written (1 problem)" in err
+    assert f"{out}: phase 1: params[0]: 'layers.9.*' matches no parameter" in err
+    assert not out.exists()
+    # Fixed, it is written and validated in one go.
+    fts.write_text(fts.read_text().replace("layers.9", "layers.5"))
+    assert main(["import-fts", str(fts), "--out", str(out), "--steps-per-epoch", "10",
+                 "--strip-prefix", "--job.config_file", str(job)]) == 0
+    out_text, err = capsys.readouterr()
+    assert f"OK: 2 phase(s), explicit schedule ({out})" in out_text
+    assert tomllib.loads(out.read_text())["1"]["params"] == ["layers.5.*"]

@@ -10,8 +10,12 @@ that the two agree.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, TYPE_CHECKING
 
 from titan_phases.cli.common import (
     add_job_command,
@@ -24,6 +28,9 @@ from titan_phases.cli.common import (
     summary,
     write_output,
 )
+
+if TYPE_CHECKING:
+    from titan_phases.schedule import Problem, ResolvedSchedule
 
 FTS_BASE_MAX_LR = 1.0e-5
 
@@ -66,7 +73,6 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, rest: list[str]) -> int:
     from titan_phases.interop.fts_import import convert_fts_schedule, load_fts_yaml
     from titan_phases.interop.hf_names import job_hf_names, to_titan_names
-    from titan_phases.schedule import load_and_validate
     from titan_phases.schedule.errors import Problems
     from titan_phases.schedule.model_info import model_param_numels
     from titan_phases.schedule.table import phase_rows, render_table
@@ -105,13 +111,39 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
               + (", HF names translated to torchtitan's" if args.hf_names else "") + "\n"
               + "".join(f"note: {n}\n" for n in converted.notes)
               + "Format: docs/schedule.md\n")
-    write_output(args.out, dumps(converted.schedule, header=header), args.force)
+    text = dumps(converted.schedule, header=header)
     if job_config is None:
+        write_output(args.out, text, args.force)
         return EXIT_OK
-    job_config.phases.schedule_file = str(Path(args.out).resolve())
-    job_config.phases.schedule = {}
-    resolved = load_and_validate(job_config)
+    resolved = _validated(text, Path(args.out), job_config)
+    write_output(args.out, text, args.force)
     print_warnings(resolved.warnings)
     print(render_table(phase_rows(resolved, job_config)))
     print(summary(resolved))
     return EXIT_OK
+
+
+def _validated(text: str, out: Path, job_config: Any) -> ResolvedSchedule:
+    """The schedule ``text`` resolved against the job, as the job will read it from ``out``,
+    before anything is written there: it is read from a copy in a scratch folder, and every
+    message names ``out``. Raises ScheduleError saying that ``out`` was not written."""
+    from titan_phases.schedule import load_and_validate, ScheduleError
+
+    target = str(out.resolve())
+    with tempfile.TemporaryDirectory() as scratch:
+        staged = Path(scratch) / out.name
+        staged.write_text(text)
+        job_config.phases.schedule_file = str(staged)
+        job_config.phases.schedule = {}
+        try:
+            resolved = load_and_validate(job_config)
+        except ScheduleError as e:
+            raise ScheduleError(_renamed(e.problems, str(staged), target),
+                                f"imported schedule, {out} not written") from None
+    job_config.phases.schedule_file = target
+    warnings = tuple(_renamed(resolved.warnings, str(staged), target))
+    return dataclasses.replace(resolved, source=target, warnings=warnings)
+
+
+def _renamed(problems: Iterable[Problem], source: str, to: str) -> list[Problem]:
+    return [dataclasses.replace(p, source=to) if p.source == source else p for p in problems]

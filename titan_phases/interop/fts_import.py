@@ -26,7 +26,8 @@ What changes, and why (each change is also reported as a note):
 - ``init_pg_lrs``: FTS lists the param groups present when the scheduler is built, 1 or 2 per
   phase (2 when a ``no_decay`` split is used), possibly without the new phase's groups. Here a
   phase-k list has exactly k+1 entries, one per phase; pairs are merged (they must be equal)
-  and the new phase's lr is appended where missing.
+  and the new phase's lr is appended where missing. The split's ``weight_decay = 0`` for the
+  no_decay group has no place in one group per phase: those parameters decay like the rest.
 - ``pl_lrs_cfg`` keys other than ``interval`` and ``frequency`` are dropped: ``name`` is a
   logging label, ``monitor`` is the validation loss here.
 
@@ -47,6 +48,7 @@ from typing import Any
 import yaml
 
 from titan_phases.schedule.errors import Problems
+from titan_phases.schedule.matching import as_written
 
 # FTS's default for phases without an lr (``FinetuningScheduler(base_max_lr=1e-05)``).
 FTS_BASE_MAX_LR = 1.0e-5
@@ -246,15 +248,15 @@ class _Converter:
 
     def params(self, k: int, raw: Any) -> list[str]:
         if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
-            self.error(k, "params", f"expected a list of names/regexes, got {raw!r}")
+            self.error(k, "params", f"expected a list of names/regexes, got {as_written(raw)}")
             return []
         out = []
         for i, pattern in enumerate(raw):
             if self.prefix:
                 stripped = strip_prefix(pattern, self.prefix)
                 if stripped is None:
-                    self.notes.append(f"phase {k}: params[{i}] {pattern!r} does not start with "
-                                      f"{self.prefix!r}; kept as is")
+                    self.notes.append(f"phase {k}: params[{i}] {as_written(pattern)} does not "
+                                      f"start with {as_written(self.prefix)}; kept as is")
                 else:
                     pattern = stripped
             out.append(self.pattern(k, i, pattern))
@@ -269,8 +271,9 @@ class _Converter:
         if self.names is None:
             if converted != pattern and _PLAIN_NAME.fullmatch(pattern):
                 self.notes.append(
-                    f"phase {k}: params[{i}] '{pattern}' is taken as FTS takes a pattern that is "
-                    f"not a parameter name, matched at the start of names ('{converted}'): it "
+                    f"phase {k}: params[{i}] {as_written(pattern)} is taken as FTS takes a pattern "
+                    "that is not a parameter name, matched at the start of names "
+                    f"({as_written(converted)}): it "
                     "also selects longer names that start the same (layers.1 -> layers.10); "
                     "give the job (--job.config_file) to list them")
             return converted
@@ -278,12 +281,11 @@ class _Converter:
             return pattern  # FTS refuses it too; validation names it as written
         extra, meant = _looser_than_meant(pattern, self.names)
         if extra:
-            # Quoted as written, not repr'd: repr doubles a regex's backslashes.
             self.notes.append(
-                f"phase {k}: params[{i}] '{pattern}': FTS matches it at the start of names, so "
-                f"it also selects {len(extra)} parameter(s) that '{meant}' would not: "
-                f"{_shorten(extra)}. Converted with FTS's meaning ('{converted}'); write "
-                f"'{meant}' to leave them out")
+                f"phase {k}: params[{i}] {as_written(pattern)}: FTS matches it at the start of "
+                f"names, so it also selects {len(extra)} parameter(s) that {as_written(meant)} "
+                f"would not: {_shorten(extra)}. Converted with FTS's meaning "
+                f"({as_written(converted)}); write {as_written(meant)} to leave them out")
         return converted
 
     def transition(self, k: int, epoch: Any) -> int | None:
@@ -579,7 +581,12 @@ def convert_fts_schedule(
     conv = _Converter(source, steps_per_epoch, prefix, base_max_lr, groups_per_phase, names,
                       problems)
     if groups_per_phase == 2:
-        conv.notes.append("init_pg_lrs read as 2 FTS param groups (decay, no_decay) per phase")
+        conv.notes.append(
+            "init_pg_lrs read as 2 FTS param groups (decay, no_decay) per phase. FTS gives the "
+            "no_decay group (the parameters the LightningModule's no_decay list names, e.g. "
+            "biases and LayerNorm weights) weight_decay = 0; here each phase is one param group, "
+            "so they decay with the optimizer's weight_decay like the rest of their phase "
+            "(weight_decay = 0 leaves every parameter undecayed)")
 
     out: dict[str, dict[str, Any]] = {}
     joining: list[int] = []
