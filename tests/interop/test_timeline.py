@@ -41,6 +41,18 @@ def write_resumed_run(path: Path) -> None:
     path.write_text("\n".join(lines) + '\n{"type": "train", "step": 6, "lo')
 
 
+def write_logged_every_5_steps(path: Path) -> None:
+    """Steps 5..60 logged every 5 steps; phase 0 -> 1 after step 20, 1 -> 2 after step 40."""
+    records: list[dict] = [{"type": "run_start"}]
+    for step in range(5, 61, 5):
+        phase = (step - 1) // 20
+        records.append(_train(step, 1.0, [1e-3] * (phase + 1), phase, 10 * (phase + 1)))
+        if step in (20, 40):
+            records.append({"type": "transition", "step": step, "from_phase": phase,
+                            "to_phase": phase + 1, "reason": "max_transition_step"})
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
 def test_a_resumed_run_in_progress_reads_as_one_timeline(tmp_path: Path):
     path = tmp_path / "metrics.jsonl"
     write_resumed_run(path)
@@ -80,3 +92,12 @@ def test_phase_bands_reach_the_transitions_between_logged_steps(tmp_path: Path):
     assert read_timeline(path).phases == [
         PhaseBand(0, 5, 12, None), PhaseBand(1, 13, 20, "plateau"),
     ]
+
+
+def test_the_trainable_params_line_changes_where_each_phase_begins(tmp_path: Path):
+    path = tmp_path / "metrics.jsonl"
+    write_logged_every_5_steps(path)
+    timeline = read_timeline(path)
+    assert [band.span for band in timeline.phases] == [(4.5, 20.5), (20.5, 40.5), (40.5, 60.5)]
+    assert timeline.trainable_params_line() == (
+        [4.5, 20.5, 20.5, 40.5, 40.5, 60.5], [10, 10, 20, 20, 30, 30])

@@ -45,11 +45,12 @@ def _pyplot() -> Any:
 def _shade_phases(axes: list[Any], timeline: Timeline) -> None:
     for band in timeline.phases:
         colour = _BAND_COLOURS[band.phase % len(_BAND_COLOURS)]
+        start, end = band.span
         for ax in axes:
-            ax.axvspan(band.first_step - 0.5, band.last_step + 0.5, color=colour, lw=0)
+            ax.axvspan(start, end, color=colour, lw=0)
         label = f"phase {band.phase}" + (f"\n{band.reason}" if band.reason else "")
         axes[0].annotate(
-            label, xy=(band.first_step - 0.5, 1.0), xycoords=("data", "axes fraction"),
+            label, xy=(start, 1.0), xycoords=("data", "axes fraction"),
             xytext=(3, -3), textcoords="offset points", va="top", fontsize=8,
         )
 
@@ -74,9 +75,8 @@ def plot_timeline(timeline: Timeline, title: str) -> Any:
         lr_ax.set_yscale("log")
         lr_ax.legend(loc="lower left", fontsize=8, ncol=min(len(timeline.lrs), 4))
     lr_ax.set_ylabel("lr")
-    counted = [(s, n) for s, n in zip(timeline.steps, timeline.trainable_params) if n is not None]
-    params_ax.plot([s for s, _ in counted], [n for _, n in counted], color="#4f6228",
-                   drawstyle="steps-post", label="trainable params")
+    params_ax.plot(*timeline.trainable_params_line(), color="#4f6228", drawstyle="steps-post",
+                   label="trainable params")
     params_ax.set_ylabel("trainable\nparams")
     params_ax.set_xlabel("step")
     notes = [f"{timeline.starts} process starts"] if timeline.starts > 1 else []

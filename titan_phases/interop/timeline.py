@@ -13,6 +13,7 @@ is stored as null and read as NaN.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,12 @@ class PhaseBand:
     last_step: int
     reason: str | None
 
+    @property
+    def span(self) -> tuple[float, float]:
+        """Where the band lies on the step axis: each step it trained takes one unit, centred on
+        the step's number, so that bands meet half-way between two phases' steps."""
+        return self.first_step - 0.5, self.last_step + 0.5
+
 
 @dataclass
 class Timeline:
@@ -48,6 +55,26 @@ class Timeline:
     """Process starts (``run_start`` lines): 1 for a run that never stopped."""
     end: str | None = None
     """Why training ended early, if it did (the last process start's ``end`` record)."""
+
+    def trainable_params_line(self) -> tuple[list[float], list[int]]:
+        """The trainable-parameter count as a step line over the phase bands: each phase's count
+        (the last its steps logged) from where its band begins, and the last count on to where
+        the last band ends.
+
+        The count changes when a phase begins, which is where its band begins; steps logged
+        every ``log_freq`` steps would put the change at the first step logged in the phase.
+        A phase that logged no count is left out.
+        """
+        xs: list[float] = []
+        ys: list[int] = []
+        for band in self.phases:
+            lo = bisect.bisect_left(self.steps, band.first_step)
+            hi = bisect.bisect_right(self.steps, band.last_step)
+            logged = [n for n in self.trainable_params[lo:hi] if n is not None]
+            if logged:
+                xs += [band.span[0], band.span[1]]
+                ys += [logged[-1], logged[-1]]
+        return xs, ys
 
 
 def _number(value: float | None) -> float:
