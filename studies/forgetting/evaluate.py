@@ -10,10 +10,17 @@ here, once). The validator's loss is, over its batches ``b`` and ranks ``r``::
 
     mean_b( sum_r loss_sum[r, b] / sum_r valid_tokens[r, b] )
 
+A job that stores its weights in bf16 with fp32 masters (``[phases] fp32_master_weights``)
+checkpoints the masters of the params that train and the bf16 values of the others, but computes
+(in fp32, FSDP2's ``mixed_precision_param``) with every weight rounded to bf16. Evaluated with
+``storage_dtype="bfloat16"``, the loaded weights are rounded the same way, which is what the
+job's own validation measured; without it, the checkpoint's values are measured as they are
+(what a model-only or HF save of that job writes).
+
 **Limitations**
-No tensor, pipeline or context parallelism (their batches differ); fp32 weights as in the
-study's jobs. The result equals the job's logged validation loss up to float rounding (the study
-checks ``REL_TOLERANCE``), not bitwise: the job sums in float32 across ranks.
+No tensor, pipeline or context parallelism (their batches differ); the model computes in fp32,
+as the study's jobs do. The result equals the job's logged validation loss up to float rounding
+(the study checks ``REL_TOLERANCE``), not bitwise: the job sums in float32 across ranks.
 """
 
 from __future__ import annotations
@@ -95,11 +102,16 @@ class Evaluator:
             per_rank.append(batches)
         return [list(batch) for batch in zip(*per_rank)]
 
-    def load(self, checkpoint: Path) -> None:
-        """Load the model weights of a DCP checkpoint (full or model-only)."""
+    @torch.no_grad()
+    def load(self, checkpoint: Path, storage_dtype: torch.dtype = torch.float32) -> None:
+        """Load the model weights of a DCP checkpoint (full or model-only), each rounded to
+        ``storage_dtype`` (DCP casts what it reads into the fp32 model's tensors)."""
         state = self.model.state_dict()
         dcp.load(state, checkpoint_id=str(checkpoint))
         self.model.load_state_dict(state)
+        if storage_dtype != torch.float32:
+            for param in self.model.parameters():
+                param.copy_(param.to(storage_dtype))
 
     @torch.no_grad()
     def loss(self, key: str) -> float:
@@ -111,9 +123,11 @@ class Evaluator:
             total += loss_sum / tokens
         return total / len(self.batches[key])
 
-    def evaluate(self, checkpoint: Path) -> dict[str, float]:
-        """``{key: loss}`` of the checkpoint on every dataset."""
-        self.load(checkpoint)
+    def evaluate(self, checkpoint: Path,
+                 storage_dtype: torch.dtype = torch.float32) -> dict[str, float]:
+        """``{key: loss}`` of the checkpoint (weights rounded to ``storage_dtype``) on every
+        dataset."""
+        self.load(checkpoint, storage_dtype)
         return {key: self.loss(key) for key in self.batches}
 
 

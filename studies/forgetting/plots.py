@@ -4,7 +4,10 @@
   forgetting), one line per strategy through its validation points, from the pretrained model
   (step 0) to the end of the budget; error bars span the seeds' min to max.
 * ``study_losses.png``: both losses against cumulative FLOPs (left) and cumulative training
-  step time (right), one line per strategy, shaded between the seeds' min and max.
+  step time (right), one line per strategy, shaded between the seeds' min and max;
+* ``study_bytes.png``: the final B loss (left) and A loss (right) against the bytes per rank
+  (params + fp32 masters + grads + optimizer state, the peak over phases; the larger rank's),
+  one point per strategy, error bars from the seeds' min to max.
 
 **Limitations**
 Needs matplotlib (the project's optional ``plot`` extra); :func:`pyplot` raises
@@ -18,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 DPI = 100
-SIZES = {"tradeoff": (8.0, 6.0), "losses": (12.0, 8.0)}
+SIZES = {"tradeoff": (8.0, 6.0), "losses": (12.0, 8.0), "bytes": (12.0, 5.5)}
 """Figure size in inches of each plot; pixels = inches x DPI."""
-FILES = {"tradeoff": "study_tradeoff.png", "losses": "study_losses.png"}
+FILES = {"tradeoff": "study_tradeoff.png", "losses": "study_losses.png",
+         "bytes": "study_bytes.png"}
 _TERA = 1e12
+_MIB = 1024**2
 
 
 class PlotUnavailable(RuntimeError):
@@ -103,11 +108,44 @@ def losses(results: dict[str, Any]) -> Any:
     return figure
 
 
+def bytes_per_rank(summary: dict[str, Any]) -> int:
+    """A strategy's bytes per rank: its peak total, on the rank holding the most."""
+    return max(rank["total"] for rank in summary["bytes_peak"])
+
+
+def quality_vs_bytes(results: dict[str, Any]) -> Any:
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=SIZES["bytes"], dpi=DPI, sharex=True)
+    for i, (name, summary) in enumerate(results["summary"].items()):
+        x = bytes_per_rank(summary) / _MIB
+        bf16 = results["strategies"][name]["storage_dtype"] == "bfloat16"
+        for ax, quantity in zip(axes, ("b_loss", "a_loss")):
+            spread = summary["final"][quantity]
+            ax.errorbar([x], [spread["mean"]], yerr=[[spread["mean"] - spread["min"]],
+                                                     [spread["max"] - spread["mean"]]],
+                        marker="s" if bf16 else "o", ms=6, capsize=3, color=f"C{i}",
+                        label=name + (" (bf16 weights)" if bf16 else ""))
+            # Below the point for bf16 storage: its fp32 twin often sits just right of it.
+            ax.annotate(name, (x, spread["mean"]), xytext=(5, -11 if bf16 else 4),
+                        textcoords="offset points", fontsize=8)
+    figure.subplots_adjust(wspace=0.3)
+    axes[0].set_ylabel("final B (recipes) validation loss: adaptation, lower is better")
+    axes[1].set_ylabel("final A (Python docs) validation loss: forgetting, lower is better")
+    for ax in axes:
+        ax.set_xlabel("bytes per rank (MiB, peak over phases)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle("Quality against what each rank holds: weights + fp32 masters + grads + "
+                    "optimizer state (measured, equal to titan-phases plan)\n"
+                    + _subtitle(results), fontsize=10)
+    return figure
+
+
 def write_plots(results: dict[str, Any], out: Path) -> dict[str, Path]:
-    """Draw both figures into ``out``; return ``{name: path}``."""
+    """Draw every figure into ``out``; return ``{name: path}``."""
     plt = pyplot()
     paths = {}
-    for name, draw in (("tradeoff", tradeoff), ("losses", losses)):
+    for name, draw in (("tradeoff", tradeoff), ("losses", losses), ("bytes", quality_vs_bytes)):
         figure = draw(results)
         paths[name] = out / FILES[name]
         figure.savefig(paths[name], dpi=DPI)

@@ -5,7 +5,8 @@
    every seed's data order (:mod:`.corpus`), same budget, checkpointing at every validation.
 3. Evaluate every checkpoint (and the pretrained model, step 0) on both validation splits in this
    process (:mod:`.evaluate`), cross-checking B's loss against the job's own logged one, and
-   delete the checkpoints.
+   delete the checkpoints. Read the bytes per rank the job measured and check them against
+   ``titan-phases plan`` of the same job (:mod:`.memory`).
 4. Add cumulative FLOPs and step time (:mod:`.accounting`), summarise over seeds
    (:mod:`.aggregate`), write ``results.json`` and the plots (:mod:`.plots`); the full run also
    copies the plots to ``docs/images/study_*.png`` and rewrites STUDIES.md's generated section
@@ -35,7 +36,7 @@ import torch
 from torchtitan.protocols.train_spec import get_train_spec
 
 from bench import machine
-from studies.forgetting import accounting, aggregate, corpus, jobs, plots, report
+from studies.forgetting import accounting, aggregate, corpus, jobs, memory, plots, report
 from studies.forgetting.evaluate import cross_check, Evaluator
 from studies.forgetting.settings import QUICK, Settings
 from studies.forgetting.strategies import strategies, Strategy
@@ -88,6 +89,7 @@ class Study:
         self.config = jobs.write_finetune_config(out)
         self.strategies = strategies(settings.steps)
         self.costs: dict[str, accounting.StepCosts] = {}
+        self.plans: dict[str, dict[str, Any]] = {}
         self.evaluator = Evaluator(jobs.shared_args(settings, self.config, self.tokenizer),
                                    VALIDATION, jobs.NPROC)
 
@@ -121,26 +123,39 @@ class Study:
         records = accounting.train_records(metrics)
         if strategy.name not in self.costs:
             self.costs[strategy.name] = step_costs(args)
+            self.plans[strategy.name] = memory.plan(
+                args, self.out / "plans" / f"{strategy.name}.json")
+        held = memory.measured(records)
+        checked = memory.check(held, self.plans[strategy.name], label)
+        storage = getattr(torch, strategy.storage_dtype)
         steps = self.settings.points()
         flops = accounting.cumulative_flops(records, self.costs[strategy.name], steps)
         times = accounting.cumulative_time(records, steps)
         points = []
         for i, step in enumerate(steps):
+            saved = None
             if step == 0:
                 losses, logged_b, phase = step0, None, 0
             else:
-                losses = self.evaluator.evaluate(dump / "checkpoint" / f"step-{step}")
+                checkpoint = dump / "checkpoint" / f"step-{step}"
+                losses = self.evaluator.evaluate(checkpoint, storage)
                 logged_b, phase = logged[step], records[step]["phase"]
                 cross_check(losses["B"], logged_b, f"{label} step {step}")
+                if storage != torch.float32:
+                    saved = self.evaluator.evaluate(checkpoint)
             points.append({"step": step, "b_loss": losses["B"], "a_loss": losses["A"],
                            "b_loss_logged": logged_b, "flops": flops[i], "time_s": times[i],
                            "phase": phase})
+            if saved is not None:
+                points[-1]["saved"] = {"b_loss": saved["B"], "a_loss": saved["A"]}
         shutil.rmtree(dump / "checkpoint")
         final = points[-1]
         log(f"{label}: {wall:.0f} s wall; final B {final['b_loss']:.4f}, A {final['a_loss']:.4f}")
         return {
             "strategy": strategy.name, "seed": seed, "debug_seed": debug_seed, "wall_s": wall,
             "points": points,
+            "bytes": {"per_phase": {str(k): v for k, v in held.items()},
+                      "peak": memory.peak(held), "checked": checked},
             "train_loss": {str(s): r["loss"] for s, r in sorted(records.items())},
             "validation_logged": {str(s): v for s, v in sorted(logged.items())},
             "transitions": [{k: r[k] for k in ("step", "from_phase", "to_phase", "reason")}
@@ -167,7 +182,10 @@ class Study:
             mine = [r["points"] for r in runs if r["strategy"] == strategy.name]
             points = aggregate.summarize_points(mine)
             summary[strategy.name] = {"points": points,
-                                      "final": aggregate.final_numbers(points, mine)}
+                                      "final": aggregate.final_numbers(points, mine),
+                                      # Every run's bytes equal the strategy's plan.
+                                      "bytes_peak": next(r["bytes"]["peak"] for r in runs
+                                                         if r["strategy"] == strategy.name)}
         return {
             "generated": datetime.now().isoformat(timespec="seconds"),
             "command": "python -m studies.forgetting" + ("" if self.settings.publish
@@ -180,8 +198,11 @@ class Study:
             "pretrain": pretrain,
             "strategies": {
                 s.name: {"description": s.description,
+                         "storage_dtype": s.storage_dtype, "variant_of": s.variant_of,
                          "phase_step_flops": list(self.costs[s.name].per_phase),
-                         "phase_ratios": list(self.costs[s.name].ratios)}
+                         "phase_ratios": list(self.costs[s.name].ratios),
+                         "plan": {"peak": self.plans[s.name]["peak"],
+                                  "peak_total": self.plans[s.name]["peak_total"]}}
                 for s in self.strategies
             },
             "runs": runs,
