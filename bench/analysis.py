@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bench.pipeline_ideal import Pipeline
+
+# What a rank holds, as metrics.jsonl reports it per rank and ``titan-phases plan`` predicts it
+# (``RankMemory``: params, masters, grads, optimizer_state), in that order.
+HELD_KINDS = ("param_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class StepRecord:
             before torchtitan's (end-to-end time minus titan_phases' own ``step_time_s``).
         state_bytes: phased runs only: optimizer state bytes held by each rank.
         trainable: phased runs only: trainable parameter count.
+        held: phased runs only: ``{kind: bytes held by each rank}`` for each of
+            :data:`HELD_KINDS` that metrics.jsonl reports.
+        rank_rss_gib: jobs that log every rank only: each rank's peak RSS during the step,
+            from its console line (2 decimals).
     """
 
     step: int
@@ -45,6 +53,8 @@ class StepRecord:
     metrics_s: float | None = None
     state_bytes: tuple[int, ...] = ()
     trainable: int | None = None
+    held: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    rank_rss_gib: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,9 @@ class PhaseRun:
         state_bytes: optimizer state bytes per rank on the phase's last step.
         trainable: trainable parameter count on the phase's last step.
         metrics_s: median per-step time of titan_phases' metrics processor (phased runs).
+        held: the phase's last step's :attr:`StepRecord.held`.
+        rank_peak_rss_gib: per rank, the highest per-step peak RSS in the phase (jobs that log
+            every rank; empty otherwise).
     """
 
     steady_s: float
@@ -86,18 +99,38 @@ class PhaseRun:
     state_bytes: tuple[int, ...]
     trainable: int | None
     metrics_s: float | None
+    held: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    rank_peak_rss_gib: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
 class PhaseExpectation:
     """One phase: the params it thaws, what is trainable in it (elements and tensors), its
-    ideal step ratio and the AdamW state bytes per rank."""
+    ideal step ratio and the AdamW state bytes per rank.
+
+    Attributes:
+        ideal_ratio: the ideal the suite judges the phase by: ``plan``'s FLOP ratio, or under
+            pipeline parallelism the 1F1B makespan ratio of :mod:`bench.pipeline_ideal`.
+        plan_ratio: ``titan-phases plan``'s FLOP ratio, which charges the whole backward span
+            from the lowest trainable layer up, weight gradients of frozen params in it
+            included (None: not worked out).
+        needed_ratio: the FLOPs the step needs, over a full step's: input gradients through
+            that span, weight gradients for the trainable params only
+            (:func:`bench.pipeline_ideal.ideal_ratio` on one stage; None: not worked out).
+            Equal to ``plan_ratio`` when every param in the span trains.
+        held: ``plan``'s bytes per rank for each of :data:`HELD_KINDS`.
+        blocks: indices of the blocks with a trainable param in the phase.
+    """
 
     params: tuple[str, ...]
     trainable: int
     trainable_tensors: int
     ideal_ratio: float
     state_bytes: tuple[int, ...]
+    plan_ratio: float | None = None
+    needed_ratio: float | None = None
+    held: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    blocks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +159,7 @@ def by_phase(records: Sequence[StepRecord], skip: int) -> dict[int, PhaseRun]:
             raise ValueError(f"phase {phase} has {len(steps)} steps; need more than {skip}")
         steady = steps[skip:]
         metrics = [s.metrics_s for s in steady if s.metrics_s is not None]
+        ranks = min(len(s.rank_rss_gib) for s in steps)
         summary[phase] = PhaseRun(
             steady_s=statistics.median(s.time_s for s in steady),
             steady_steps=len(steady),
@@ -135,6 +169,8 @@ def by_phase(records: Sequence[StepRecord], skip: int) -> dict[int, PhaseRun]:
             state_bytes=steps[-1].state_bytes,
             trainable=steps[-1].trainable,
             metrics_s=statistics.median(metrics) if metrics else None,
+            held=steps[-1].held,
+            rank_peak_rss_gib=tuple(max(s.rank_rss_gib[r] for s in steps) for r in range(ranks)),
         )
     return summary
 

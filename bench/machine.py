@@ -47,16 +47,29 @@ def wait_until_quiet(
     return busy, time.monotonic() - start
 
 
+# CPU flags that decide how fast float32 and bfloat16 matmuls run (oneDNN's kernels): AVX2 and
+# AVX-512 for float32, AVX512_BF16 and AMX for native bfloat16 (without them it is emulated).
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str) -> list[str]:
+    """Which of :data:`VECTOR_FLAGS` the first CPU of ``/proc/cpuinfo``'s text has."""
+    line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    present = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    return [flag for flag in VECTOR_FLAGS if flag in present]
+
+
 def machine() -> dict[str, Any]:
-    """CPU model, core count, RAM and the 1-minute load average now."""
+    """CPU model, core count, vector flags, RAM and the 1-minute load average now."""
     cpu = platform.processor() or "unknown CPU"
     with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                   cpu)
+        cpuinfo = f.read()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                if line.startswith("model name")), cpu)
     with open("/proc/meminfo") as f:
         ram_kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram_kib / 2**20,
-            "load_before": os.getloadavg()[0]}
+            "cpu_flags": cpu_flags(cpuinfo), "load_before": os.getloadavg()[0]}
 
 
 def versions(repo: Path) -> dict[str, str]:

@@ -6,6 +6,13 @@ included, and freezing the bottom of the model removes backward work from some s
 This module models a step as the makespan of those actions and takes a phase's ideal ratio as
 its makespan over the makespan of the same pipeline training everything (stock).
 
+Without pipeline parallelism the same model on one stage and one microbatch
+(:func:`single_stage`) is a step's forward plus its backward. That is the FLOP ratio of a phase
+with weight gradients for its trainable params only: the ideal of a phase that freezes params
+inside its backward span (a block-cyclic phase training a low block, with frozen blocks above
+it), where the whole-model FLOP ratio of ``titan-phases plan`` charges those frozen params
+their weight gradients too. Where every param in the span trains, the two ratios agree.
+
 **The model, and its assumptions**
 
 - Stages: one per pipeline rank (single-stage schedules), holding the modules torchtitan 0.2.2
@@ -44,7 +51,8 @@ from titan_phases.plan.flops import BACKWARD_FACTOR, FLOPS_PER_WEIGHT
 from titan_phases.schedule.blocks import block_of
 
 __all__ = [
-    "Pipeline", "StageCost", "ideal_ratio", "makespan_1f1b", "pipeline_of", "stage_costs",
+    "Pipeline", "StageCost", "ideal_ratio", "makespan_1f1b", "pipeline_of", "single_stage",
+    "stage_costs",
 ]
 
 SCHEDULE = "1F1B"
@@ -94,6 +102,16 @@ def pipeline_of(job_config: Any, n_layers: int) -> Pipeline:
     if batch % size:
         raise ValueError(f"local batch {batch} does not split into microbatches of {size}")
     return Pipeline(SCHEDULE, batch // size, size, tuple(tuple(stage) for stage in stages))
+
+
+def single_stage(n_layers: int, local_batch_size: int) -> Pipeline:
+    """A model of ``n_layers`` blocks without pipeline parallelism, as one stage running its
+    local batch as one microbatch: its makespan is a step's forward plus backward (see the
+    module docstring)."""
+    from torchtitan.distributed.pipeline_parallel import generate_llm_fqn_per_model_part
+
+    (modules,) = generate_llm_fqn_per_model_part(1, n_layers)
+    return Pipeline(SCHEDULE, 1, local_batch_size, (tuple(modules),))
 
 
 def _module_of(name: str, modules: Sequence[str]) -> int:

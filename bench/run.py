@@ -14,10 +14,12 @@ The 6-block ``debugmodel`` is the main subject (row ``main``); 3 and 12 blocks
 (``bench.spec``, row ``scaling``) show scaling with fewer repeats. Row ``fsdp2_tp2`` runs the
 6-block stock and phased jobs on FSDP2 x TP2 (:data:`FSDP2_TP2`), row ``pp2`` on 2 pipeline
 stages (:data:`PP2`, schedule 1F1B; its ideal ratios are 1F1B makespan ratios from
-:mod:`bench.pipeline_ideal`). Job order alternates between repeats. ``--quick`` runs one
-short repeat of everything; ``--rows`` runs some rows only. Both write their BENCHMARKS.md into
-the output folder, leaving the repository's alone (for development; a quick run's numbers mean
-little). ``--merge`` with layout rows replaces only their blocks in the repository's file.
+:mod:`bench.pipeline_ideal`). Row ``cyclic`` runs stock and a block-cyclic pass over the 6
+blocks in four storage and compute dtypes (:mod:`bench.cyclic`). Job order alternates between
+repeats. ``--quick`` runs one short repeat of everything; ``--rows`` runs some rows only. Both
+write their BENCHMARKS.md into the output folder, leaving the repository's alone (for
+development; a quick run's numbers mean little). ``--merge`` with layout rows or the cyclic row
+replaces only their blocks in the repository's file.
 
 **Limitations**
 Timings are wall-clock on whatever else the machine runs; the report states the load average
@@ -42,10 +44,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import jobs, machine, report, schedules, summary
+import torch
+
+from bench import cyclic, jobs, machine, report, schedules, summary
 from bench.analysis import ModelFacts, Stat
 from bench.expectations import expect
-from bench.micro import controller_due_seconds
+from bench.micro import controller_due_seconds, matmul_gflops
 from bench.spec import PHASED_SPEC, STOCK_SPEC
 from titan_phases.data.assets import ensure_assets, tokenizer_dir
 
@@ -53,7 +57,9 @@ RESULTS_FILE = "results.json"  # in the run's output folder, beside the jobs' du
 MARKDOWN = jobs.REPO / "BENCHMARKS.md"
 
 
-ROWS = ("main", "scaling", "fsdp2_tp2", "pp2")
+ROWS = ("main", "scaling", "fsdp2_tp2", "pp2", "cyclic")
+# Rows whose block in BENCHMARKS.md names its own run, so that --merge can replace it alone.
+MERGEABLE = ("fsdp2_tp2", "pp2", "cyclic")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,9 @@ class Settings:
     steps_per_phase: int = 7
     scaling_steps_per_phase: int = 5
     layout_steps_per_phase: int = 5
+    # The cyclic row: stock and four cycle variants per repeat, one block per phase.
+    cyclic_repeats: int = 3
+    cyclic_steps_per_phase: int = 7
     # Steps at the start of every phase (and job) left out of its steady median: the first
     # holds the transition (or process warm-up), the second may still pay lazy allocations.
     skip: int = 2
@@ -78,8 +87,9 @@ class Settings:
     rows: tuple[str, ...] = ROWS
 
 
-QUICK = Settings(repeats=1, scaling_repeats=1, layout_repeats=1, steps_per_phase=4,
-                 scaling_steps_per_phase=4, max_wait_s=0.0, max_total_wait_s=0.0)
+QUICK = Settings(repeats=1, scaling_repeats=1, layout_repeats=1, cyclic_repeats=1,
+                 steps_per_phase=4, scaling_steps_per_phase=4, cyclic_steps_per_phase=4,
+                 max_wait_s=0.0, max_total_wait_s=0.0)
 
 
 @dataclass(frozen=True)
@@ -140,10 +150,15 @@ PP2 = ModelSpec(
           "--parallelism.data_parallel_shard_degree", "1"),
 )
 LAYOUT_TITLES = {"fsdp2_tp2": "FSDP2 x TP2", "pp2": "PP2 (1F1B)"}
+CYCLIC = ModelSpec(6, "debugmodel", "llama3", "llama3_phases", "cyclic")
 
 
 def model_jobs(model: ModelSpec, steps_per_phase: int, with_all: bool) -> dict[str, jobs.Job]:
-    """The jobs of one model in one repeat, by kind (stock, phased, all)."""
+    """The jobs of one model in one repeat, by kind (stock, phased, all; the cyclic row: stock
+    and its variants' names)."""
+    if model.row == "cyclic":
+        return cyclic.cyclic_jobs(model.depth, model.flavor, model.stock_model,
+                                  model.phased_model, steps_per_phase)
     found = {
         "stock": jobs.Job(f"stock-{model.name}", model.stock_model, model.flavor,
                           2 * steps_per_phase, None, model.custom_import, model.args),
@@ -166,6 +181,7 @@ def row_models(settings: Settings) -> list[tuple[ModelSpec, int, int, bool]]:
              for model in SCALING]
     rows += [(model, settings.layout_repeats, settings.layout_steps_per_phase, False)
              for model in (FSDP2_TP2, PP2)]
+    rows.append((CYCLIC, settings.cyclic_repeats, settings.cyclic_steps_per_phase, False))
     return [row for row in rows if row[0].row in settings.rows]
 
 
@@ -192,6 +208,11 @@ def _row_text(
     model: ModelSpec, repeats: int, steps_per_phase: int, with_all: bool, nproc: int
 ) -> str:
     spp = steps_per_phase
+    if model.row == "cyclic":
+        counted = f"{repeats} repeat" + ("s" if repeats != 1 else "")
+        return (f"block-cyclic ({model.depth} blocks, one descending pass, one block per phase; "
+                f"stock and {len(cyclic.VARIANTS)} dtype variants): {counted}, stock "
+                f"{2 * spp} steps, cyclic {model.depth * spp} ({spp} per phase)")
     what = f"{model.depth} blocks"
     if model.row in LAYOUT_TITLES:
         ranks, cores = model.ranks(nproc), os.cpu_count() or 1
@@ -223,14 +244,17 @@ def _record_dicts(output: jobs.JobOutput) -> list[dict[str, Any]]:
 def _summaries(
     settings: Settings,
     outputs: dict[ModelSpec, dict[str, list[jobs.JobOutput]]],
-    facts: dict[ModelSpec, ModelFacts],
+    facts: dict[tuple[ModelSpec, str], ModelFacts],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The figures of every model run: ``(1-D FSDP models by depth, layouts by row)``."""
     models, layouts = {}, {}
     for model, kinds in outputs.items():
+        if model.row == "cyclic":
+            continue
         runs = summary.ModelRuns(
             depth=model.depth, flavor=model.flavor, stock_model=model.stock_model,
-            phased_model=model.phased_model, facts=facts[model], stock=kinds["stock"],
+            phased_model=model.phased_model, facts=facts[(model, "phased")],
+            stock=kinds["stock"],
             phased=kinds["phased"], all_params=kinds.get("all", ()),
         )
         figures = summary.summarize(runs, settings.skip)
@@ -252,7 +276,7 @@ def run_suite(settings: Settings, out: Path) -> dict[str, Any]:
     tokenizer = tokenizer_dir(ensure_assets()).resolve()
     outputs: dict[ModelSpec, dict[str, list[jobs.JobOutput]]] = {}
     raw_runs: list[dict[str, Any]] = []
-    facts: dict[ModelSpec, ModelFacts] = {}
+    facts: dict[tuple[ModelSpec, str], ModelFacts] = {}  # by (model, kind) of phased jobs
     wait_left = settings.max_total_wait_s
     for repeat, model, kind, job in plan(settings):
         dump = out / f"r{repeat}-{job.label}"
@@ -266,8 +290,8 @@ def run_suite(settings: Settings, out: Path) -> dict[str, Any]:
         raw_runs.append({"repeat": repeat, "label": job.label, "wall_s": output.wall_s,
                          "cpu_busy_before": busy, "waited_s": waited,
                          "records": _record_dicts(output)})
-        if kind == "phased" and model not in facts:
-            facts[model] = expect(jobs.job_args(job, dump, tokenizer), nproc)
+        if kind not in ("stock", "all") and (model, kind) not in facts:
+            facts[(model, kind)] = expect(jobs.job_args(job, dump, tokenizer), nproc)
         median = statistics.median(r.time_s for r in output.records[settings.skip:])
         print(f"[bench] r{repeat} {job.label}: {output.wall_s:.0f} s wall, "
               f"median step {median:.3f} s (machine {busy:.0%} busy before, waited "
@@ -282,6 +306,9 @@ def run_suite(settings: Settings, out: Path) -> dict[str, Any]:
     if main is not None:
         main["overhead"]["controller_due_us"] = 1e6 * controller_due_seconds()
     rows = "" if settings.rows == ROWS else " --rows " + " ".join(settings.rows)
+    cyclic_row = None
+    if CYCLIC in outputs:
+        cyclic_row = _cyclic_row(settings, outputs[CYCLIC], facts)
     return {
         "generated": datetime.now().isoformat(timespec="seconds"),
         "command": "python -m bench.run" + rows,
@@ -293,8 +320,30 @@ def run_suite(settings: Settings, out: Path) -> dict[str, Any]:
         "targets": summary.targets(main) if main is not None else [],
         "models": models,
         "layouts": layouts,
+        "cyclic": cyclic_row,
         "runs": raw_runs,
     }
+
+
+def _cyclic_row(
+    settings: Settings,
+    kinds: dict[str, list[jobs.JobOutput]],
+    facts: dict[tuple[ModelSpec, str], ModelFacts],
+) -> dict[str, Any]:
+    """The cyclic row's figures, what it ran and this host's matmul rate by dtype."""
+    variants = {v.name: kinds[v.name] for v in cyclic.VARIANTS}
+    row = cyclic.summarize(kinds["stock"], variants,
+                           {name: facts[(CYCLIC, name)] for name in variants}, settings.skip)
+    row.update({
+        "depth": CYCLIC.depth, "flavor": CYCLIC.flavor, "stock_model": CYCLIC.stock_model,
+        "phased_model": CYCLIC.phased_model, "ranks": CYCLIC.ranks(settings.nproc),
+        "steps_per_phase": settings.cyclic_steps_per_phase,
+        "cycle_args": list(cyclic.cycle_args(settings.cyclic_steps_per_phase)),
+        "matmul_gflops": {str(dtype).removeprefix("torch."): matmul_gflops(dtype)
+                          for dtype in (torch.float32, torch.bfloat16)},
+    })
+    row["targets"] = cyclic.targets(row)
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -304,14 +353,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                         help="rows to run (default all); BENCHMARKS.md under --out unless all")
     parser.add_argument("--merge", action="store_true",
-                        help="with --rows of layout rows only: replace their blocks in the "
-                             "repository's BENCHMARKS.md, keeping every other figure there")
+                        help="with --rows of layout rows or the cyclic row only: replace their "
+                             "blocks in the repository's BENCHMARKS.md, keeping every other "
+                             "figure there")
     parser.add_argument("--out", type=Path, default=jobs.REPO / "outputs" / "bench",
                         help="folder for the jobs' dumps and logs and results.json")
     args = parser.parse_args(argv)
-    if args.merge and (args.quick or not set(args.rows) <= set(LAYOUT_TITLES)):
-        parser.error("--merge takes layout rows only (--rows "
-                     f"{' '.join(LAYOUT_TITLES)}) and no --quick")
+    if args.merge and (args.quick or not set(args.rows) <= set(MERGEABLE)):
+        parser.error(f"--merge takes these rows only (--rows {' '.join(MERGEABLE)}) and no "
+                     "--quick")
     out = args.out / datetime.now().strftime("%Y%m%d-%H%M%S")
     rows = tuple(row for row in ROWS if row in args.rows)
     settings = dataclasses.replace(QUICK if args.quick else Settings(), rows=rows)
@@ -319,10 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / RESULTS_FILE
     results_path.write_text(json.dumps(results, indent=1) + "\n")
-    # A full run replaces the repository's figures; --merge only its layout rows' blocks.
+    # A full run replaces the repository's figures; --merge only its rows' blocks.
     if args.merge:
         markdown_path = MARKDOWN
-        report.merge_layouts(markdown_path, results)
+        report.merge_blocks(markdown_path, results)
     else:
         markdown_path = out / "BENCHMARKS.md" if args.quick or rows != ROWS else MARKDOWN
         report.update_markdown(markdown_path, results)

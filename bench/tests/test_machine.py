@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.machine import cpu_busy, machine, wait_until_quiet
+from bench.machine import cpu_busy, cpu_flags, machine, VECTOR_FLAGS, wait_until_quiet
 
 
 def test_cpu_busy_is_a_fraction() -> None:
@@ -17,3 +17,14 @@ def test_wait_until_quiet_returns_at_once_when_anything_goes() -> None:
 def test_machine_facts() -> None:
     facts = machine()
     assert facts["cores"] >= 1 and facts["ram_gib"] > 0
+
+
+def test_cpu_flags() -> None:
+    cpuinfo = ("processor\t: 0\nmodel name\t: AMD EPYC\n"
+               "flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512bw\n"
+               "processor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(cpuinfo) == ["avx2", "avx512f", "avx512_bf16"]
+    assert cpu_flags("flags\t\t: fpu sse2 amx_bf16 amx_tile avx2\n") == [
+        "avx2", "amx_tile", "amx_bf16"]
+    assert cpu_flags("model name\t: unknown\n") == []
+    assert set(machine()["cpu_flags"]) <= set(VECTOR_FLAGS)

@@ -11,6 +11,7 @@ from bench.pipeline_ideal import (
     makespan_1f1b,
     Pipeline,
     pipeline_of,
+    single_stage,
     stage_costs,
     StageCost,
 )
@@ -98,3 +99,20 @@ def test_pipeline_of_splits_as_torchtitan() -> None:
     assert pipeline_of(_job(pipeline_parallel_microbatch_size=2), 6).microbatches == 2
     with pytest.raises(ValueError, match="only the 1F1B schedule"):
         pipeline_of(_job(pipeline_parallel_schedule="GPipe"), 6)
+
+
+def test_single_stage_counts_weight_gradients_of_trainable_params_only() -> None:
+    attention = 3.0
+    one = single_stage(2, local_batch_size=4)
+    assert one.stages == (("tok_embeddings", "layers.0", "layers.1", "norm", "output"),)
+    assert (one.microbatches, one.microbatch_size) == (1, 4)
+    # every param in the span trains: the plan's FLOP ratio, (58 + 2 x 35) / (3 x 58)
+    top = ideal_ratio(NUMELS, one, TOP, attention)
+    assert top == pytest.approx(128 / 174)
+    assert top == pytest.approx(ideal_phase_ratio(NUMELS, TOP, attention_flops=attention))
+    # block 0 and the head train, block 1 is frozen in between: forward 58, input gradients
+    # 26 + 26 + 2 + 10, weight gradients 20 + 2 + 10 (none for block 1); the plan charges
+    # block 1's weight gradients too and gets a full step
+    low = {"layers.0.w", "norm.weight", "output.weight"}
+    assert ideal_ratio(NUMELS, one, low, attention) == pytest.approx(154 / 174)
+    assert ideal_phase_ratio(NUMELS, low, attention_flops=attention) == pytest.approx(1.0)

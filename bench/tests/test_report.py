@@ -7,8 +7,20 @@ from typing import Any
 
 import pytest
 
-from bench.report import BEGIN, END, fmt, layout_markers, merge_layouts, render, update_markdown
+from bench.cyclic import targets as cyclic_targets
+from bench.report import (
+    BEGIN,
+    CYCLIC_BEGIN,
+    CYCLIC_END,
+    END,
+    fmt,
+    layout_markers,
+    merge_blocks,
+    render,
+    update_markdown,
+)
 from bench.summary import layout_targets, targets
+from bench.tests.synthetic import cyclic_row
 
 
 @pytest.fixture
@@ -89,29 +101,29 @@ def test_update_markdown_keeps_the_prose(tmp_path: Path, results: dict[str, Any]
     assert path.read_text() == text
 
 
-def test_merge_layouts_keeps_the_other_runs_figures(
+def test_merge_blocks_keeps_the_other_runs_figures(
     tmp_path: Path, results: dict[str, Any]
 ) -> None:
     path = tmp_path / "BENCHMARKS.md"
     path.write_text(f"# Title\n\n{BEGIN}\nfull run\n{END}\n\n## After\n")
     alone = {**results, "generated": "2026-02-02T00:00:00", "main": None, "models": {}}
-    merge_layouts(path, alone)
+    merge_blocks(path, alone)
     text = path.read_text()
     begin, end = layout_markers("fsdp2_tp2")
     assert text.startswith(f"# Title\n\n{BEGIN}\nfull run\n{begin}")
     assert text.endswith(f"{end}\n\n{END}\n\n## After\n")
     assert "on 2026-02-02T00:00:00" in text
-    merge_layouts(path, {**alone, "generated": "2026-03-03T00:00:00"})
+    merge_blocks(path, {**alone, "generated": "2026-03-03T00:00:00"})
     again = path.read_text()
     assert "on 2026-03-03T00:00:00" in again and "2026-02-02" not in again
     assert again == text.replace("2026-02-02", "2026-03-03")
 
 
-def test_merge_layouts_needs_a_generated_section(tmp_path: Path, results: dict[str, Any]):
+def test_merge_blocks_needs_a_generated_section(tmp_path: Path, results: dict[str, Any]):
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Title\n")
     with pytest.raises(ValueError, match="no generated section"):
-        merge_layouts(path, results)
+        merge_blocks(path, results)
 
 
 def test_a_full_run_renders_the_block_merge_replaces(results: dict[str, Any]) -> None:
@@ -134,3 +146,60 @@ def test_render_a_pipeline_layout(results: dict[str, Any], layout: dict[str, Any
             "Step times and peak RSS are rank 1's") in section
     assert "peak RSS GiB (rank 1)" in section
     assert "Pipeline:" not in render(results)  # layouts without PP
+
+
+@pytest.fixture
+def with_cyclic(results: dict[str, Any]) -> dict[str, Any]:
+    row = {**cyclic_row(), "depth": 2, "flavor": "tiny", "stock_model": "llama3",
+           "phased_model": "llama3_phases", "ranks": 2, "steps_per_phase": 4,
+           "cycle_args": ["--phases.cycle.enable"],
+           "matmul_gflops": {"float32": 90.0, "bfloat16": 160.0}}
+    row["targets"] = cyclic_targets(row)
+    machine = {**results["machine"], "cpu_flags": ["avx2", "avx512_bf16"]}
+    return {**results, "machine": machine, "cyclic": row}
+
+
+def test_render_the_cyclic_row(with_cyclic: dict[str, Any]) -> None:
+    text = render(with_cyclic)
+    section = text.split(CYCLIC_BEGIN, 1)[1].split(CYCLIC_END, 1)[0]
+    assert CYCLIC_END in text and text.index(CYCLIC_END) < text.index(END)
+    assert "### Block-cyclic fine-tuning: llama3 `tiny` (2 blocks), 2 ranks FSDP2 on CPU" in section
+    assert "vector flags avx2, avx512_bf16; one thread's 90 GFLOP/s in float32 and 160" in section
+    # phase 1 trains block 0 at 0.8 of stock: its FLOP ideal 0.8, plan's 1.0
+    assert ("| phase 1 | block 0 | 60 | 1.500 [1.000, 2.000] | 0.800 [0.800, 0.800] | 0.800 | "
+            "1.00 [1.00, 1.00] | 1.000 | 0.80 [0.80, 0.80] | 20.0 [10.0, 30.0] | "
+            "0.50 [0.50, 0.50] |") in section
+    # bytes: both phases alike, so one row per job
+    assert ("| bfloat16 storage + fp32 masters, float32 compute | 0-1 | 200 / 200 | 100 / 100 | "
+            "50 / 50 | 204 / 204 | 554 / 554 | yes |") in section
+    assert "| bfloat16 | float32 | yes | 0.00 / 0.00 | 1.03 [0.98, 1.08] |" in section
+    assert "| 1 | 0 | 1.500 [1.000, 2.000] | 1.05 [1.00, 1.10] |" in section
+    assert ("Target: block-cyclic, bf16_storage: params, fp32 masters, grads and optimizer "
+            "state bytes per rank exactly as planned, every phase: met.") in section
+
+
+def test_cyclic_bytes_that_differ_from_plan_show_both(with_cyclic: dict[str, Any]) -> None:
+    row = with_cyclic["cyclic"]
+    fp32 = row["variants"]["fp32"]
+    phase = fp32["phases"][1]
+    grads = {"expected": [100, 100], "measured": [[100, 96]], "exact": False}
+    wrong = {**phase, "held": {**phase["held"], "grad_bytes": grads}}
+    fp32 = {**fp32, "phases": [fp32["phases"][0], wrong]}
+    text = render({**with_cyclic, "cyclic": {**row, "variants": {**row["variants"],
+                                                                   "fp32": fp32}}})
+    assert "| float32 storage, float32 compute | 0 | 400 / 400 |" in text
+    assert ("| float32 storage, float32 compute | 1 | 400 / 400 | 0 / 0 | 100 / 96 | 204 / 204 "
+            "| 704 / 700 | **no**, plan: 400 / 400 ; 0 / 0 ; 100 / 100 ; 204 / 204 |") in text
+
+
+def test_merge_blocks_replaces_the_cyclic_block(
+    tmp_path: Path, with_cyclic: dict[str, Any]
+) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(f"# Title\n\n{BEGIN}\nfull run\n{END}\n")
+    alone = {**with_cyclic, "main": None, "models": {}, "layouts": {}}
+    merge_blocks(path, alone)
+    merge_blocks(path, {**alone, "generated": "2026-03-03T00:00:00"})
+    text = path.read_text()
+    assert text.count(CYCLIC_BEGIN) == 1 and "on 2026-03-03T00:00:00" in text
+    assert text.startswith(f"# Title\n\n{BEGIN}\nfull run\n{CYCLIC_BEGIN}")
