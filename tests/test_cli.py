@@ -12,13 +12,19 @@ import pytest
 
 from titan_phases.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 JOB = """
+[job]
+custom_config_module = "titan_phases.config.job_config"
+
 [model]
-name = "llama3"
+name = "llama3_phases"
 flavor = "debugmodel"
+hf_assets_path = "{tokenizer}"
 
 [training]
 steps = 400
+dataset = "titan_recipes"
 """
 
 FTS = """
@@ -38,10 +44,17 @@ FTS = """
 """
 
 
+def tokenizer_folder(folder: Path) -> Path:
+    """A folder that holds a tokenizer as far as the input check looks: its tokenizer.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
 @pytest.fixture
 def job(tmp_path):
     path = tmp_path / "job.toml"
-    path.write_text(JOB)
+    path.write_text(JOB.format(tokenizer=tokenizer_folder(tmp_path / "tokenizer")))
     return str(path)
 
 
@@ -270,30 +283,60 @@ def test_unknown_own_option_exits_2(capsys, job):
     assert code == 2 and "--parms" in err
 
 
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """The Hugging Face Hub cannot be reached and caches nothing, whatever this machine's
+    network and caches."""
+    from titan_phases.data import availability
+
+    monkeypatch.setattr(availability, "_resolves", lambda host: False)
+    monkeypatch.setattr(availability, "_hub_offline", lambda: False)
+    monkeypatch.setattr(availability, "_in_hub_cache", lambda repo_id: False)
+
+
 @pytest.mark.parametrize("config", sorted(
-    str(p) for p in (Path(__file__).resolve().parents[1] / "train_configs").glob("*.toml")))
-def test_shipped_job_configs_validate(capsys, config, tmp_path):
+    str(p) for p in (REPO / "train_configs").glob("*.toml")))
+@pytest.mark.usefixtures("hub_unreachable")
+def test_shipped_job_configs_validate(capsys, config, tmp_path, monkeypatch):
+    # As ./run_train.sh runs them: from the repository, the embedded assets in their default
+    # place (./.cache/titan_phases, built by the job when missing).
+    monkeypatch.delenv("TITAN_PHASES_CACHE", raising=False)
+    monkeypatch.chdir(REPO)
     extra = []
-    if "8b" in Path(config).name:
-        # It loads the HF weights a user downloads first: refused, and named, until they exist.
+    if "8b" in Path(config).name or "70b" in Path(config).name:
+        # They read what a user downloads first: the model's tokenizer and weights, and C4 from
+        # the Hub. Refused, and named, until they exist: the input first, then the weights.
         code, _, err = run(capsys, "validate", "--job.config_file", config)
-        assert code == 2 and "initial_load_path = './assets/hf/Llama-3.1-8B'" in err
-        extra = ["--checkpoint.initial_load_path", str(tmp_path)]
+        assert code == 2 and "(3 problems)" in err
+        for key in ("model.hf_assets_path: './assets/hf/Llama-3.1-",
+                    "training.dataset: 'c4' reads 'allenai/c4' from the Hugging Face Hub",
+                    "validation.dataset: 'c4_validation' reads 'allenai/c4'"):
+            assert key in err
+        data = tmp_path / "c4"
+        data.mkdir()
+        extra = ["--model.hf_assets_path", str(tokenizer_folder(tmp_path / "tokenizer")),
+                 "--training.dataset_path", str(data), "--validation.dataset_path", str(data)]
+        code, _, err = run(capsys, "validate", "--job.config_file", config, *extra)
+        assert code == 2 and "initial_load_path = './assets/hf/Llama-3.1-" in err
+        extra += ["--checkpoint.initial_load_path", str(tmp_path)]
     code, _, err = run(capsys, "validate", "--job.config_file", config, *extra)
     assert code == 0, err
 
 
 def test_validate_reports_unknown_keys_with_the_schedule_problems_at_once(capsys, tmp_path):
     job = tmp_path / "job.toml"
-    job.write_text(
-        '[job]\ndescripton = "typo"\n\n[model]\nname = "llama3_phases"\nflavor = "debugmodel"\n'
-        '\n[phases]\nrestore_bset = true\nlr_scale = -1.0\n'
-    )
+    text = JOB.format(tokenizer=tokenizer_folder(tmp_path / "tokenizer"))
+    job.write_text(text.replace("[job]\n", '[job]\ndescripton = "typo"\n')
+                   + "\n[phases]\nrestore_bset = true\nlr_scale = -1.0\n")
+    lines = job.read_text().splitlines()
     code, _, err = run(capsys, "validate", "--job.config_file", str(job))
     assert code == 2
-    assert f"{job}:2: job.descripton: no config section has this key" in err
+    typo = lines.index('descripton = "typo"') + 1
+    assert f"{job}:{typo}: job.descripton: no config section has this key" in err
     assert "did you mean job.description?" in err
-    assert f"{job}:9: phases.restore_bset" in err and "did you mean phases.restore_best?" in err
+    restore = lines.index("restore_bset = true") + 1
+    assert f"{job}:{restore}: phases.restore_bset" in err
+    assert "did you mean phases.restore_best?" in err
     assert "phases.lr_scale: must be > 0" in err and "(3 problems)" in err
     assert "Traceback" not in err
 
@@ -322,8 +365,13 @@ def _save_phase_state(
     dcp.save({**model, "phases": controller}, checkpoint_id=folder, no_dist=True)
 
 
-def test_validate_says_what_the_job_would_resume_and_refuses_what_it_cannot(capsys, tmp_path):
+def test_validate_says_what_the_job_would_resume_and_refuses_what_it_cannot(
+    capsys, tmp_path, monkeypatch
+):
     from titan_phases.schedule import load_and_validate
+
+    monkeypatch.delenv("TITAN_PHASES_CACHE", raising=False)  # the default job's assets
+    monkeypatch.chdir(REPO)
 
     dump = tmp_path / "dump"
     job_args = ["--job.config_file", "train_configs/debug_model.toml",
@@ -354,3 +402,30 @@ def test_validate_says_what_the_job_would_resume_and_refuses_what_it_cannot(caps
     code, _, err = run(capsys, "validate", *job_args)
     assert code == 2 and "step-7 holds another model than this job's" in err
     assert "output.weight is [2048, 512] there and [2048, 256]" in err
+
+
+def test_validate_takes_a_schedule_file_in_place_of_the_inline_schedule(
+    capsys, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("TITAN_PHASES_CACHE", raising=False)  # the default job's assets
+    monkeypatch.chdir(REPO)
+    schedule = tmp_path / "schedule.toml"
+    schedule.write_text("[0]\nparams = ['output.weight', 'norm.weight']\nmax_transition_step = 10"
+                        "\n\n[1]\nparams = ['layers\\.5\\..+']\n")
+    code, out, err = run(capsys, "validate", "--job.config_file", "train_configs/debug_model.toml",
+                         "--phases.schedule_file", str(schedule))
+    assert code == 0, err
+    assert (f"warning: train_configs/debug_model.toml: phases.schedule: the inline "
+            f"[phases.schedule] is replaced by --phases.schedule_file {str(schedule)!r}, given "
+            "on the command line") in err
+    assert f"OK: 2 phase(s), explicit schedule ({schedule})" in out
+
+
+def test_validate_says_a_model_without_phases_runs_as_stock_torchtitan(capsys, monkeypatch):
+    monkeypatch.delenv("TITAN_PHASES_CACHE", raising=False)
+    monkeypatch.chdir(REPO)
+    code, out, err = run(capsys, "validate", "--job.config_file",
+                         "train_configs/pretrain_debug_model.toml")
+    assert code == 0, err
+    assert out == ("OK: model.name = 'llama3' has no phases: the job runs torchtitan's stock "
+                   "Trainer, every parameter trains\n")

@@ -44,6 +44,13 @@ def job_set(path: str, value: Any) -> Edit:
     return edit
 
 
+def job_del(path: str) -> Edit:
+    def edit(job: dict[str, Any], schedule: dict[str, Any]) -> None:
+        table, key = _walk(job, path)
+        del table[key]
+    return edit
+
+
 def set_(path: str, value: Any) -> Edit:
     """Set a key of the schedule, e.g. ``set_("1.lr", 1e-4)``."""
     def edit(job: dict[str, Any], schedule: dict[str, Any]) -> None:
@@ -88,6 +95,8 @@ class Case:
     """``(name, text)`` of files to create in the case's folder, the working directory."""
     problems: int | None = None
     """When set: exactly this many problems are listed (all of them at once)."""
+    marks: tuple[Any, ...] = ()
+    """pytest marks of the case (a skip where the machine decides)."""
 
 
 def sub(old: str, new: str) -> Callable[[str], str]:
@@ -98,6 +107,15 @@ def sub(old: str, new: str) -> Callable[[str], str]:
 
 
 STEP_LR = {"class_path": "StepLR", "init_args": {"step_size": 5, "gamma": 0.5}}
+
+
+def _float8_may_run_here() -> bool:
+    import importlib.util
+
+    import torch
+
+    return (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+            and importlib.util.find_spec("torchao") is not None)
 
 CASES = [
     # --- the job TOML ------------------------------------------------------------------------
@@ -205,6 +223,55 @@ CASES = [
     Case("pipeline-zero-bubble-schedule", ("parallelism.pipeline_parallel_schedule",), "job",
          edits=(job_set("parallelism.pipeline_parallel_degree", 2),
                 job_set("parallelism.pipeline_parallel_schedule", "ZBVZeroBubble"))),
+    # --- what the ranks would stop on, or silently do otherwise -------------------------------
+    Case("model-name-not-phased", ("model.name: 'llama3' is not a phased model",
+                                   "ignoring the [phases] settings", "'llama3_phases'"), "job",
+         edits=(job_set("model.name", "llama3"),)),
+    Case("custom_config_module-absent", ("job.custom_config_module: not set",
+                                         "custom_config_module = 'titan_phases.config.job_config'"
+                                         " under [job]"), "job",
+         edits=(job_del("job.custom_config_module"),)),
+    Case("hf_assets_path-missing", ("model.hf_assets_path: 'assets/hf/Llama-3.1-8B' does not "
+                                    "exist", "tokenizer.json"), "job",
+         edits=(job_set("model.hf_assets_path", "assets/hf/Llama-3.1-8B"),)),
+    Case("hf_assets_path-without-tokenizer", ("model.hf_assets_path", "holds no tokenizer.json"),
+         "job", edits=(job_set("model.hf_assets_path", "."),)),
+    Case("training-dataset-unknown", ("training.dataset: 'c4_tset' is not a registered dataset",
+                                      "titan_recipes"), "job",
+         edits=(job_set("training.dataset", "c4_tset"),)),
+    Case("training-dataset-in-torchtitans-repository",
+         ("training.dataset: 'c4_test' reads 'tests/assets/c4_test', which does not exist",
+          "training.dataset_path"), "job", edits=(job_set("training.dataset", "c4_test"),)),
+    Case("training-dataset_path-missing", ("training.dataset_path: 'recipes.jsonl' does not "
+                                           "exist",), "job",
+         edits=(job_set("training.dataset_path", "recipes.jsonl"),)),
+    Case("validation-dataset-on-an-unreachable-hub",
+         ("validation.dataset: 'c4_validation' reads 'allenai/c4' from the Hugging Face Hub",
+          "cannot be reached", "validation.dataset_path"), "job",
+         edits=(job_set("validation.enable", True),
+                job_set("validation.dataset", "c4_validation"))),
+    Case("converters-unknown", ("model.converters: 'float8' is not a registered model converter",
+                                "did you mean 'quantize.linear.float8'?"), "job",
+         edits=(job_set("model.converters", ["float8"]),)),
+    Case("converters-float8-cannot-run-here", ("model.converters: 'quantize.linear.float8' "
+                                               "cannot run on this machine", "SM89"), "job",
+         edits=(job_set("model.converters", ["quantize.linear.float8"]),),
+         marks=(pytest.mark.skipif(_float8_may_run_here(), reason="float8 runs here"),)),
+    Case("initial_load_path-with-checkpointing-off",
+         ("checkpoint.initial_load_path: 'pretrained/step-100' would not be loaded",
+          "train from random weights", "--checkpoint.initial_load_path ''"), "job",
+         edits=(job_set("checkpoint.enable", False),
+                job_set("checkpoint.initial_load_path", "pretrained/step-100"))),
+    Case("cycle-always_train-string", (r"phases.cycle.always_train: expected a list of strings, "
+                                       r"got 'layers\.0\..+'",), "job",
+         edits=(job_set("phases.cycle.always_train", r"layers\.0\..+"),)),
+    Case("job-problems-at-once", ("model.name", "model.hf_assets_path", "training.dataset",
+                                  "model.converters", "checkpoint.initial_load_path"), "job",
+         edits=(job_set("model.name", "llama3"), job_set("model.hf_assets_path", "tok"),
+                job_set("training.dataset", "c4_tset"), job_set("model.converters", ["fp8"]),
+                job_set("checkpoint.enable", False),
+                job_set("checkpoint.initial_load_path", "pretrained/step-100")),
+         problems=5),
     # --- command-line flags ------------------------------------------------------------------
     Case("flag-steps-not-an-int", ("--training.steps", "abc"), None,
          args=("--training.steps", "abc")),
@@ -222,6 +289,15 @@ CASES = [
          edits=(inline,), args=("--phases.schedule.1.lr", "abc")),
     Case("flag-and-job-problems-at-once", ("--training.steps", "training.stpes"), None,
          edits=(job_set("training.stpes", 40),), args=("--training.steps", "abc")),
+    Case("flag-switch-given-false", ("--checkpoint.enable is a switch and takes no value "
+                                     "(got 'false')", "--checkpoint.no-enable to turn it off"),
+         None, args=("--checkpoint.enable", "false")),
+    Case("flag-switch-given-a-value-with-equals", ("--phases.allow_untested is a switch",
+                                                   "--phases.no-allow_untested"), None,
+         args=("--phases.allow_untested=yes",)),
+    Case("flag-schedule_file-and-inline-overrides", ("phases.schedule", "keep one of them"),
+         "job", edits=(inline,),
+         args=("--phases.schedule_file", "schedule.toml", "--phases.schedule.1.lr", "1e-4")),
     # --- the schedule file -------------------------------------------------------------------
     Case("schedule-toml-syntax", ("not valid TOML", "line"),
          schedule_text=sub("[2]", "[2")),
@@ -397,6 +473,10 @@ CASES = [
 
 def _write_case(case: Case, folder: Path) -> tuple[Path, Path]:
     job = tomllib.loads((FIXTURES / "job.toml").read_text())
+    tokenizer = folder / "tokenizer"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer.json").write_text("{}")  # all the input check looks for
+    job["model"]["hf_assets_path"] = str(tokenizer)
     schedule = tomllib.loads((FIXTURES / "schedule.toml").read_text())
     for edit in case.edits:
         edit(job, schedule)
@@ -427,7 +507,22 @@ def _check(case: Case, output: str, files: dict[str, Path]) -> None:
         assert f"({case.problems} problems)" in output, output
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.fixture(autouse=True)
+def hub_unreachable(monkeypatch):
+    """The Hugging Face Hub cannot be reached and caches nothing, whatever this machine's
+    network and caches."""
+    from titan_phases.data import availability
+
+    monkeypatch.setattr(availability, "_resolves", lambda host: False)
+    monkeypatch.setattr(availability, "_hub_offline", lambda: False)
+    monkeypatch.setattr(availability, "_in_hub_cache", lambda repo_id: False)
+
+
+def _params(cases: list[Case]) -> list[Any]:
+    return [pytest.param(c, id=c.id, marks=c.marks) for c in cases]
+
+
+@pytest.mark.parametrize("case", _params(CASES))
 def test_validate_refuses_malformed_input(case: Case, tmp_path: Path, capfd, monkeypatch):
     job_path, schedule_path = _write_case(case, tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -453,15 +548,48 @@ def test_the_base_job_is_valid(tmp_path: Path, capfd):
     assert "OK: 4 phase(s), explicit schedule" in out
 
 
+# What the training ranks stop on, or silently do otherwise, that validate used to pass: the
+# input check run_train.sh runs before torchrun starts, and every rank runs before anything
+# else (titan_phases.prepare.check_input), refuses it as validate does.
+START_CHECK_CASES = [c for c in CASES if c.id in (
+    "model-name-not-phased", "custom_config_module-absent", "hf_assets_path-missing",
+    "hf_assets_path-without-tokenizer", "training-dataset-unknown",
+    "training-dataset-in-torchtitans-repository", "training-dataset_path-missing",
+    "validation-dataset-on-an-unreachable-hub", "converters-unknown",
+    "converters-float8-cannot-run-here", "initial_load_path-with-checkpointing-off",
+    "cycle-always_train-string", "job-problems-at-once", "flag-switch-given-false",
+    "flag-switch-given-a-value-with-equals", "flag-schedule_file-and-inline-overrides",
+)]
+
+
+@pytest.mark.parametrize("case", _params(START_CHECK_CASES))
+def test_the_start_check_refuses_what_validate_refuses(case: Case, tmp_path: Path, capfd,
+                                                       monkeypatch):
+    from titan_phases.prepare import main as start_check
+
+    job_path, schedule_path = _write_case(case, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    dump = tmp_path / "dump"
+    code = start_check(["--job.config_file", str(job_path), "--job.dump_folder", str(dump),
+                        *case.args])
+    out, err = capfd.readouterr()
+    assert code == 2 and out == "", out + err
+    assert "nothing was run" in err
+    _check(case, err, {"job": job_path, "schedule": schedule_path})
+    assert not dump.exists()
+
+
 # A flag, a job TOML value and a schedule value that used to reach torchrun: a traceback from
-# the input check, and training that crashed at its first StepLR step.
+# the input check, and training that crashed at its first StepLR step; a job without
+# custom_config_module, on which torchtitan's own parsing stopped every rank with a traceback.
 RUN_TRAIN_CASES = [c for c in CASES if c.id in (
     "flag-steps-not-an-int", "training-steps-string", "new_lr_scheduler-init_args-string-value",
+    "custom_config_module-absent",
 )]
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("case", RUN_TRAIN_CASES, ids=[c.id for c in RUN_TRAIN_CASES])
+@pytest.mark.parametrize("case", _params(RUN_TRAIN_CASES))
 def test_run_train_refuses_malformed_input_before_training(case: Case, tmp_path: Path):
     job_path, schedule_path = _write_case(case, tmp_path)
     dump = tmp_path / "dump"

@@ -58,6 +58,30 @@ def test_unknown_command_line_flag_is_refused_by_the_input_check_every_rank_runs
     assert "--training.steps" in problem  # tyro's suggestion
 
 
+def test_a_job_torchtitans_own_parsing_would_stop_on_is_refused_by_the_ranks_check(
+    tmp_path: Path,
+):
+    # Each rank hands its arguments to torchtitan.train.main, whose ConfigManager parses them
+    # again without the custom config module that titan_phases' own parsing adds.
+    from torchtitan.config import ConfigManager
+
+    from titan_phases.prepare import check_input
+    from titan_phases.train_spec import register_train_specs
+
+    job = tmp_path / "job.toml"
+    job.write_text("".join(line for line in TINY_JOB.read_text().splitlines(keepends=True)
+                           if not line.startswith("custom_config_module")))
+    argv = ["--job.config_file", str(job)]
+    with pytest.raises(ValueError, match="Invalid field names.*'phases'"):
+        ConfigManager().parse_args(argv)
+    register_train_specs()
+    job_config, _, problem = check_input(argv)
+    assert job_config is None
+    assert problem.startswith("titan_phases: invalid job config, nothing was run")
+    assert f"{job}: job.custom_config_module: not set" in problem
+    assert "stop on its [phases] and [pretrained] keys (phases.schedule)" in problem
+
+
 @pytest.mark.e2e
 @pytest.mark.usefixtures("embedded_assets")
 def test_ranks_that_find_different_problems_all_report_every_rank(

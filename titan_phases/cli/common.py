@@ -17,6 +17,7 @@ from typing import Any, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from titan_phases.config import UnknownKey
+    from titan_phases.config.parsing import ConfigNotice
     from titan_phases.schedule import Problem, ResolvedSchedule
 
 EXIT_OK = 0
@@ -85,30 +86,45 @@ def split_torchtitan_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return ours, theirs
 
 
-def parse_job(torchtitan_args: list[str], unknown_keys: list[UnknownKey] | None = None) -> Any:
+def parse_job(
+    torchtitan_args: list[str],
+    unknown_keys: list[UnknownKey] | None = None,
+    notices: list[ConfigNotice] | None = None,
+    require_phases: bool = True,
+) -> Any:
     """The job config, parsed by torchtitan's ConfigManager as for training; raises
-    InvalidInput for an unreadable file or a bad flag."""
+    InvalidInput for an unreadable file or a bad flag. Without a ``notices`` list, what the
+    command line changed against the TOML (a schedule file replacing the inline schedule) is
+    printed as a warning."""
     from titan_phases.config import CommandLineError, parse_job_config
     from titan_phases.train_spec import register_train_specs
 
     # As in titan_phases.train: the phased model names ("llama3_phases") must be registered.
     register_train_specs()
+    collected: list[ConfigNotice] = [] if notices is None else notices
     try:
-        return parse_job_config(torchtitan_args, unknown_keys=unknown_keys)
+        job_config = parse_job_config(torchtitan_args, require_phases=require_phases,
+                                      unknown_keys=unknown_keys, notices=collected)
     except (FileNotFoundError, tomllib.TOMLDecodeError, ValueError) as e:
         raise InvalidInput(f"cannot read the job config: {e}") from e
     except CommandLineError as e:
         raise InvalidInput(f"invalid torchtitan flag:\n{e}") from e
+    if notices is None:
+        for notice in collected:
+            print(f"warning: {notice.file}: {notice.key}: {notice.message}", file=sys.stderr)
+    return job_config
 
 
 def resolve_job(torchtitan_args: list[str]) -> tuple[Any, ResolvedSchedule]:
     """The job and its schedule; unknown job-config keys are reported with the schedule's
-    problems, in one ScheduleError."""
+    problems, in one ScheduleError, and the command line's notices are among its warnings."""
+    from titan_phases.prepare import with_notices
     from titan_phases.schedule import load_and_validate, ScheduleError
     from titan_phases.schedule.errors import unknown_key_problems
 
     unknown: list[UnknownKey] = []
-    job_config = parse_job(torchtitan_args, unknown)
+    notices: list[ConfigNotice] = []
+    job_config = parse_job(torchtitan_args, unknown, notices)
     problems = unknown_key_problems(unknown)
     try:
         resolved = load_and_validate(job_config)
@@ -117,7 +133,7 @@ def resolve_job(torchtitan_args: list[str]) -> tuple[Any, ResolvedSchedule]:
         raise ScheduleError(problems + exc.problems, what) from None
     if problems:
         raise ScheduleError(problems, "job config")
-    return job_config, resolved
+    return job_config, with_notices(resolved, notices)
 
 
 def print_warnings(warnings: tuple[Problem, ...] | list[Problem]) -> None:

@@ -41,6 +41,7 @@ CUSTOM_CONFIG_MODULE = "titan_phases.config.job_config"
 
 _CONFIG_FILE_FLAGS = ("--job.config_file", "--job.config-file")
 _CUSTOM_MODULE_FLAGS = ("--job.custom_config_module", "--job.custom-config-module")
+_SCHEDULE_FILE_FLAGS = ("--phases.schedule_file", "--phases.schedule-file")
 
 
 def _flag_value(args: list[str], flags: tuple[str, ...]) -> str | None:
@@ -69,6 +70,20 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise JobConfigFileError(f"{path}: {exc.strerror}") from None
 
 
+def as_written(value: Any) -> str:
+    """``value`` for a message as the job TOML writes it: a string in single quotes, so a regex
+    keeps its single backslashes (``'layers\\.5\\..+'``, not Python's ``'layers\\\\.5'``);
+    one holding a quote or a control character as Python prints it; a list as a list of such
+    values. Anything else as Python prints it."""
+    if isinstance(value, str):
+        if "'" in value or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            return repr(value)
+        return f"'{value}'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(as_written(v) for v in value) + "]"
+    return repr(value)
+
+
 @dataclass(frozen=True)
 class UnknownKey:
     """A key of the job TOML that is left out: no config section has it, or (``expected`` set)
@@ -92,7 +107,7 @@ class UnknownKey:
     @property
     def message(self) -> str:
         if self.expected is not None:
-            return f"expected {self.expected}, got {self.value!r}"
+            return f"expected {self.expected}, got {as_written(self.value)}"
         return "no config section has this key"
 
     @property
@@ -174,6 +189,8 @@ class _CollectingConfigManager(ConfigManager):
         super().__init__()
         self.config_file = config_file
         self.unknown: list[UnknownKey] = []
+        self.merged_cls: type = self.config_cls
+        """The config class with the custom config module's sections, once parsing chose it."""
 
     def _dict_to_dataclass(self, cls: Any, data: dict[str, Any]) -> Any:
         if self.unknown or self.config_file is None or not dataclasses.is_dataclass(cls):
@@ -194,7 +211,8 @@ class _CollectingConfigManager(ConfigManager):
         self, args: list[str], toml_values: dict[str, Any] | None
     ) -> type:
         try:
-            return super()._maybe_add_custom_config(args, toml_values)
+            self.merged_cls = super()._maybe_add_custom_config(args, toml_values)
+            return self.merged_cls
         except Exception as exc:  # importing runs the module's code: report whatever it raises
             job = (toml_values or {}).get("job", {})
             name = _flag_value(args, _CUSTOM_MODULE_FLAGS) or (
@@ -319,31 +337,134 @@ def _listed(unknown: list[UnknownKey]) -> str:
     return "\n".join(f"  - {u.where}: {u.key}: {u.message} -> {u.hint}" for u in unknown)
 
 
+@dataclass(frozen=True)
+class ConfigNotice:
+    """Something the parsed job does differently from what its TOML says, on the command line's
+    word: reported as a warning, the job runs."""
+
+    file: str
+    key: str
+    """Dotted, e.g. ``phases.schedule``."""
+    message: str
+
+
+def _field_type(cls: type, path: list[str]) -> Any:
+    """The type of the config field at ``path`` (``["checkpoint", "enable"]``), or None."""
+    hint: Any = cls
+    for name in path:
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hint = _field_types(hint).get(name)
+    return hint
+
+
+def _switch_hints(config_cls: type, args: list[str]) -> list[str]:
+    """How to write each boolean flag of ``args`` that was given a value (``--checkpoint.enable
+    false``): tyro's switches take none, and it reports only the stray value."""
+    hints = []
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if not name.startswith("--") or "." not in name:
+            continue
+        if not eq:
+            if i + 1 == len(args) or args[i + 1].startswith("--"):
+                continue
+            value = args[i + 1]
+        *sections, field = name[2:].replace("-", "_").split(".")
+        if _field_type(config_cls, [*sections, field]) is not bool:
+            continue
+        flag = "--" + ".".join((*sections, field))
+        off = "--" + ".".join((*sections, f"no-{field}"))
+        hints.append(f"{flag} is a switch and takes no value (got {value!r}): write {flag} to "
+                     f"turn it on, {off} to turn it off")
+    return hints
+
+
+def _schedule_file_replaces_inline(
+    args: list[str], job_config: JobConfig, config_file: str | None
+) -> ConfigNotice | None:
+    """Drop the TOML's inline ``[phases.schedule]`` when the command line names a schedule file:
+    the notice, or None when nothing is replaced. The TOML's own schedule_file next to an inline
+    schedule, or ``--phases.schedule.*`` flags next to ``--phases.schedule_file``, stay both
+    set, for the schedule check to refuse."""
+    schedule_file = _flag_value(args, _SCHEDULE_FILE_FLAGS)
+    phases = getattr(job_config, "phases", None)
+    if not schedule_file or config_file is None or not getattr(phases, "schedule", None):
+        return None
+    written = _read_toml(config_file).get("phases", {})
+    if not isinstance(written, dict) or written.get("schedule_file") or any(
+        arg.startswith("--phases.schedule.") for arg in args
+    ):
+        return None
+    phases.schedule = {}
+    return ConfigNotice(
+        config_file, "phases.schedule",
+        f"the inline [phases.schedule] is replaced by --phases.schedule_file "
+        f"{schedule_file!r}, given on the command line",
+    )
+
+
+def written_keys(args: list[str], section: str) -> list[str]:
+    """The keys of ``[section]`` the job sets: in its TOML (a table written empty counts as
+    ``section``) or as ``--section.*`` flags, dotted, in that order, each once."""
+    keys: dict[str, None] = {}
+    config_file = _flag_value(args, _CONFIG_FILE_FLAGS)
+    table = _read_toml(config_file).get(section) if config_file else None
+    if isinstance(table, dict):
+        keys.update(dict.fromkeys([f"{section}.{key}" for key in table] or [section]))
+    elif table is not None:
+        keys[section] = None
+    for arg in args:
+        name = arg.partition("=")[0]
+        if name.startswith(f"--{section}."):
+            field = name[len(section) + 3:].split(".")[0].replace("-", "_")
+            keys[f"{section}.{field.removeprefix('no_')}"] = None
+    return list(keys)
+
+
+def names_custom_config_module(args: list[str]) -> bool:
+    """Whether the job names a custom config module itself (TOML or command line), rather than
+    getting :data:`CUSTOM_CONFIG_MODULE` from :func:`with_phases_section`."""
+    if _flag_value(args, _CUSTOM_MODULE_FLAGS):
+        return True
+    config_file = _flag_value(args, _CONFIG_FILE_FLAGS)
+    job = _read_toml(config_file).get("job", {}) if config_file else {}
+    return isinstance(job, dict) and bool(job.get("custom_config_module"))
+
+
 def parse_job_config(
     args: list[str],
     require_phases: bool = True,
     unknown_keys: list[UnknownKey] | None = None,
+    notices: list[ConfigNotice] | None = None,
 ) -> JobConfig:
     """Parse torchtitan-style arguments (``--job.config_file X --section.key value ...``).
 
     Adds ``--job.custom_config_module titan_phases.config.job_config`` unless the arguments or the
     job TOML already name a custom config module, so that a job TOML with a ``[phases]`` section
-    parses even without the ``[job] custom_config_module`` line. A module named by the user must
-    itself define ``phases`` (e.g. by subclassing this package's ``JobConfig``), unless
-    ``require_phases`` is false (a job run on torchtitan's stock Trainer).
+    parses even without the ``[job] custom_config_module`` line (torchtitan's own parsing on the
+    training ranks does not add it: :func:`names_custom_config_module` tells whether it is
+    needed). A module named by the user must itself define ``phases`` (e.g. by subclassing this
+    package's ``JobConfig``), unless ``require_phases`` is false (a job run on torchtitan's stock
+    Trainer).
 
     Keys of the job TOML that no section has, and values that are not of their field's type,
     are left out and appended to ``unknown_keys`` when a list is given (so that the caller can
     go on checking and report them with the rest); without one they raise
     :class:`UnknownKeysError`.
 
+    A ``--phases.schedule_file`` on the command line replaces an inline ``[phases.schedule]`` of
+    the job TOML (the job config returned has none); a :class:`ConfigNotice` saying so is
+    appended to ``notices`` when a list is given.
+
     Raises:
         ValueError: the resulting config has no ``phases`` section, the custom config module
             cannot be imported, or ``model.hf_assets_path`` names an old ``tokenizer.model``.
         JobConfigFileError: the job TOML cannot be read or is malformed.
         UnknownKeysError: see above.
-        CommandLineError: tyro rejected a flag; the message is tyro's, followed by the job
-            TOML's unusable keys found before.
+        CommandLineError: tyro rejected a flag; the message is tyro's (with how to write a
+            boolean flag that was given a value), followed by the job TOML's unusable keys
+            found before.
         SystemExit: ``--help`` (tyro printed it).
     """
     args = with_phases_section(args)
@@ -351,11 +472,12 @@ def parse_job_config(
     try:
         job_config = _parse_capturing_tyro(manager, args)
     except CommandLineError as exc:
-        if not manager.unknown:
-            raise
-        raise CommandLineError(
-            f"{exc}\nand the job config has these problems too:\n{_listed(manager.unknown)}"
-        ) from None
+        # tyro's box, then the hints, then the pointer to every flag (its last line).
+        *box, pointer = str(exc).splitlines()
+        message = "\n".join([*box, *_switch_hints(manager.merged_cls, args), pointer])
+        if manager.unknown:
+            message += f"\nand the job config has these problems too:\n{_listed(manager.unknown)}"
+        raise CommandLineError(message) from None
     if manager.unknown:
         if unknown_keys is None:
             raise UnknownKeysError(manager.unknown)
@@ -365,4 +487,7 @@ def parse_job_config(
             f"job.custom_config_module = {job_config.job.custom_config_module!r} defines no "
             f"'phases' section; use {CUSTOM_CONFIG_MODULE!r} or subclass its JobConfig."
         )
+    notice = _schedule_file_replaces_inline(args, job_config, manager.config_file)
+    if notice is not None and notices is not None:
+        notices.append(notice)
     return job_config
