@@ -11,8 +11,10 @@ command-line overrides:
   checkpoints and the seed's data order.
 
 **Limitations**
-The fine-tuning config is derived rather than used as it is because titan_phases rejects a
-``--phases.schedule_file`` next to an inline schedule, and the command line cannot remove one.
+The fine-tuning config is derived rather than used as it is for the strategies without a
+schedule file (generated and block-cyclic schedules): they need a job without a schedule, and the
+command line cannot remove an inline one (a ``--phases.schedule_file`` given there replaces it,
+which is all the other strategies would need).
 Every checkpoint is a full one (model, optimizer, LR scheduler, dataloader, phases): torchtitan
 0.2.2 saves model-only checkpoints at the last step only.
 """
