@@ -4,6 +4,7 @@ either fails here). The process-wide patches run in a subprocess of their own.""
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -98,3 +99,17 @@ def test_process_wide_patches_wrap_once_and_reach_what_torchtitan_calls():
         [sys.executable, "-c", _INSTALL_TWICE], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and "checked" in result.stdout, result.stderr[-3000:]
+
+
+def test_the_total_grad_norm_is_fp32_inside_the_block_whatever_the_grads_dtype():
+    import torchtitan.distributed.utils as tt_dist_utils
+
+    grads = [torch.ones(3, dtype=torch.bfloat16)]
+    assert torch.nn.utils.get_total_norm(grads).dtype == torch.bfloat16
+    with patches.fp32_total_norm():
+        assert torch.nn.utils.get_total_norm(grads).dtype == torch.float32
+        assert torch.nn.utils.get_total_norm([]).dtype == torch.float32
+    assert torch.nn.utils.get_total_norm(grads).dtype == torch.bfloat16
+    # torchtitan's clip looks the function up on torch.nn.utils at every call.
+    clip = inspect.unwrap(tt_dist_utils.clip_grad_norm_)  # under torch.no_grad
+    assert "get_total_norm" in clip.__code__.co_names

@@ -25,6 +25,7 @@ from unittest import mock
 
 __all__ = [
     "CHECKED_AGAINST",
+    "fp32_total_norm",
     "install_get_peak_flops",
     "install_get_train_spec",
     "install_histc",
@@ -65,6 +66,27 @@ def mesh_device_type(device_type: str) -> Iterator[None]:
     from torchtitan.distributed import parallel_dims as tt_parallel_dims
 
     with mock.patch.object(tt_parallel_dims, "device_type", device_type):
+        yield
+
+
+@contextlib.contextmanager
+def fp32_total_norm() -> Iterator[None]:
+    """``torch.nn.utils.get_total_norm`` returns its norm in fp32 inside the block.
+
+    torchtitan's ``clip_grad_norm_`` all-reduces the gradient norm over the pipeline stages in
+    the dtype ``get_total_norm`` returns: the grads' (bf16 with bf16 storage), or fp32 on a stage
+    without any grad (all its params frozen). The collective then mismatches (gloo aborts:
+    "Received data size doesn't match expected size"). The trainer runs its steps under this
+    with pipeline parallelism; fp32 grads are unchanged by it.
+    """
+    import torch
+
+    original = torch.nn.utils.get_total_norm
+
+    def total_norm(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **kwargs).to(torch.float32)
+
+    with mock.patch.object(torch.nn.utils, "get_total_norm", total_norm):
         yield
 
 

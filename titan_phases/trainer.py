@@ -49,12 +49,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torchtitan.config import JobConfig
 from torchtitan.train import Trainer
 
+from titan_phases import patches
 from titan_phases.components.checkpointing.best import RestoreBest
 from titan_phases.components.checkpointing.manager import install as install_checkpointing
 from titan_phases.components.phase_controller import build_phase_controller, Transition
@@ -216,7 +218,9 @@ class PhasedTrainer(Trainer):
         transition = self.phase_controller.due(self.step - 1)
         if transition is not None:
             self._transition(transition)
-        super().train_step(data_iterator)
+        # A frozen pipeline stage's grad norm would not be in the other stages' dtype.
+        with patches.fp32_total_norm() if self.parallel_dims.pp_enabled else nullcontext():
+            super().train_step(data_iterator)
         self.step_guard.settle(
             self.step,
             self.phase_controller.phase,
