@@ -133,3 +133,180 @@ def test_final_phase_plateau_without_a_finite_validation_says_so():
     controller = PhaseController([None], [["w"]], plateau_transitions=True)
     assert controller.observe_validation(3, float("nan")) is False
     assert "no finite validation loss" in controller.stop_reason
+
+
+# --- settings of the saved phases that a checkpoint fixes ---------------------------------------
+
+DEBUG_JOB = ("--job.config_file", "train_configs/debug_model.toml")
+
+
+def _job_controller(*overrides: str, job: tuple[str, ...] = DEBUG_JOB) -> PhaseController:
+    """The controller the trainer, validate and the start check build for the job."""
+    from titan_phases.components.phase_controller import build_phase_controller
+    from titan_phases.config import parse_job_config
+    from titan_phases.schedule import load_and_validate
+    from titan_phases.train_spec import register_train_specs
+
+    register_train_specs()
+    config = parse_job_config([*job, *overrides])
+    return build_phase_controller(load_and_validate(config), config.phases,
+                                  config.validation.enable)
+
+
+def _saved_in(phase: int, *overrides: str, job: tuple[str, ...] = DEBUG_JOB) -> dict:
+    controller = _job_controller(*overrides, job=job)
+    for k in range(phase):
+        controller.commit(Transition(k, k + 1, 20 * (k + 1), REASON_STEP))
+    return controller.state_dict()
+
+
+@pytest.mark.parametrize(
+    "phase, change, said",
+    [
+        (1, ("--phases.schedule.1.lr", "3e-4"),
+         "phase 1 lr: 0.0005 in the checkpoint, 0.0003 now"),
+        (2, ("--phases.schedule.1.lr", "3e-4"),
+         "phase 1 lr: 0.0005 in the checkpoint, 0.0003 now"),
+        (0, ("--optimizer.lr", "2e-3"), "[optimizer] lr: 0.001 in the checkpoint, 0.002 now"),
+        (1, ("--optimizer.weight_decay", "0"),
+         "[optimizer] weight_decay: 0.1 in the checkpoint, 0.0 now"),
+        (1, ("--optimizer.beta2", "0.99"), "[optimizer] beta2: 0.95 in the checkpoint, 0.99 now"),
+        (1, ("--optimizer.eps", "1e-6"), "[optimizer] eps: 1e-08 in the checkpoint, 1e-06 now"),
+        (1, ("--optimizer.name", "Adam"),
+         '[optimizer] name: "torch.optim.adamw.AdamW" in the checkpoint, '
+         '"torch.optim.adam.Adam" now'),
+        (1, ("--optimizer.implementation", "for-loop"),
+         '[optimizer] implementation: "fused" in the checkpoint, "for-loop" now'),
+        (0, ("--phases.lr_scale", "0.5"), "[phases] lr_scale: 1.0 in the checkpoint, 0.5 now"),
+        (1, ("--phases.no-apply_lambdas_new_pgs",),
+         "[phases] apply_lambdas_new_pgs: true in the checkpoint, false now (phase 1)"),
+        (2, ("--phases.schedule.2.new_lr_scheduler.init_args.T_max", "30"),
+         'phase 2 new_lr_scheduler.init_args: {"T_max": 20, "eta_min": 1e-05} in the '
+         'checkpoint, {"T_max": 30, "eta_min": 1e-05} now'),
+        (2, ("--phases.schedule.2.new_lr_scheduler.no-use_current_optimizer_pg_lrs",),
+         "phase 2 new_lr_scheduler.use_current_optimizer_pg_lrs: true in the checkpoint, "
+         "false now"),
+    ],
+)
+def test_a_changed_setting_the_checkpoint_fixes_is_refused_naming_phase_and_key(
+    phase, change, said
+):
+    with pytest.raises(ScheduleMismatchError) as refused:
+        _job_controller(*change).load_state_dict(_saved_in(phase))
+    message = str(refused.value)
+    assert f"the checkpoint is in phase {phase}, and this job changes settings" in message
+    assert f"\n  {said}\n" in message
+    assert "Restore the values the run was started with, or start a new run" in message
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("--phases.schedule.0.max_transition_step", "10"),
+        ("--phases.schedule.1.max_transition_step", "30"),
+        ("--training.max_norm", "0.5"),
+        ("--lr_scheduler.warmup_steps", "10", "--lr_scheduler.decay_type", "linear",
+         "--lr_scheduler.min_lr_factor", "0.0"),
+        ("--training.steps", "80"),
+        ("--phases.schedule.2.lr", "1e-4"),
+        ("--phases.schedule.2.new_lr_scheduler.init_args.T_max", "30"),
+        ("--phases.patience", "5"),
+    ],
+)
+def test_what_a_resumed_job_reads_from_its_config_may_change(change):
+    resumed = _job_controller(*change)
+    resumed.load_state_dict(_saved_in(1))
+    assert resumed.phase == 1 and not resumed.settings_unchecked
+
+
+def _reinit_job(tmp_path) -> tuple[str, ...]:
+    """debug_model.toml with phase 2 starting an SGD optimizer and a lambda LR scheduler."""
+    from pathlib import Path
+
+    text = Path("train_configs/debug_model.toml").read_text()
+    start = text.index("[phases.schedule.2.new_lr_scheduler]")
+    job = tmp_path / "reinit.toml"
+    job.write_text(
+        text[:start]
+        + "[phases.schedule.2.new_optimizer]\nclass_path = \"SGD\"\n"
+        "init_args = { lr = 1e-3, momentum = 0.9 }\n\n"
+        "[phases.schedule.2.new_lr_scheduler]\n"
+        "class_path = \"LambdaLR\"\n"
+        "init_args = { lr_lambda = { function = "
+        "\"titan_phases.components.lr_scheduler.linear_warmup_stable_decay\", kwargs = { "
+        "warmup_steps = 0, stable_steps = 10, decay_steps = 11, lr_decay_type = \"linear\", "
+        "min_lr_factor = 0.0 } } }\n"
+        "init_pg_lrs = [1e-3, 5e-4, 2e-4]\n"
+    )
+    return ("--job.config_file", str(job))
+
+
+def test_a_new_optimizer_and_init_pg_lrs_are_fixed_a_lambda_schedulers_arguments_are_not(
+    tmp_path,
+):
+    job = _reinit_job(tmp_path)
+    saved = _saved_in(2, job=job)
+    for change, said in (
+        (("--phases.schedule.2.new_optimizer.init_args.momentum", "0.5"),
+         'phase 2 new_optimizer.init_args: {"lr": 0.001, "momentum": 0.9} in the checkpoint, '
+         '{"lr": 0.001, "momentum": 0.5} now'),
+        (("--phases.schedule.2.new_optimizer.class_path", "RMSprop"),
+         'phase 2 new_optimizer.class_path: "torch.optim.SGD" in the checkpoint, '
+         '"torch.optim.RMSprop" now'),
+        (("--phases.schedule.2.new_lr_scheduler.init_pg_lrs", "1e-3", "4e-4", "2e-4"),
+         "phase 2 new_lr_scheduler.init_pg_lrs: [0.001, 0.0005, 0.0002] in the checkpoint, "
+         "[0.001, 0.0004, 0.0002] now"),
+    ):
+        with pytest.raises(ScheduleMismatchError, match="settings of phases 0..2") as refused:
+            _job_controller(*change, job=job).load_state_dict(saved)
+        assert f"\n  {said}\n" in str(refused.value)
+    # The lambdas come from the config: a longer decay takes effect.
+    longer = _job_controller(
+        "--phases.schedule.2.new_lr_scheduler.init_args.lr_lambda.kwargs.decay_steps", "40",
+        job=job,
+    )
+    longer.load_state_dict(saved)
+    assert longer.phase == 2
+
+
+def test_changed_settings_are_named_at_once_with_changed_params():
+    settings = [{"[optimizer] lr": 1.0}, {"lr": 1.0}, {"lr": 2.0}]
+    saved = PhaseController([10, 20, None], PARAMS, phase_settings=settings)
+    saved.commit(saved.due(10))
+    live = PhaseController([10, 20, None], [["norm.weight"], *PARAMS[1:]],
+                           phase_settings=[{"[optimizer] lr": 3.0}, *settings[1:]])
+    with pytest.raises(ScheduleMismatchError) as refused:
+        live.load_state_dict(saved.state_dict())
+    message = str(refused.value)
+    assert "the parameters of phase(s) 0 differ" in message
+    assert "\n  [optimizer] lr: 1.0 in the checkpoint, 3.0 now\n" in message
+
+
+def test_one_line_per_change_names_every_phase_it_was_made_in():
+    n = 40
+    params = [[f"layers.{k}.w"] for k in range(n)]
+    saved = PhaseController([None] * n, params, phase_settings=[{"lr": None}] * n)
+    for k in range(n - 1):
+        saved.commit(Transition(k, k + 1, k, REASON_STEP))
+    lrs = [{"lr": None}] + [{"lr": 1e-3}] * 30 + [{"lr": None}] * 3 + [{"lr": 1e-3}] * 6
+    live = PhaseController([None] * n, params, phase_settings=lrs,
+                           settings_source="[phases.cycle] lr")
+    with pytest.raises(ScheduleMismatchError) as refused:
+        live.load_state_dict(saved.state_dict())
+    message = str(refused.value)
+    assert "\n  phases 1-30, 34-39 lr: not set in the checkpoint, 0.001 now\n" in message
+    assert "The phases' own settings come from [phases.cycle] lr." in message
+
+
+def test_a_checkpoint_saved_without_settings_resumes_unchecked():
+    import json
+
+    saved = _saved_in(1)
+    state = json.loads(saved["json"])
+    del state["settings"]  # as a checkpoint written before the settings were saved
+    resumed = _job_controller("--phases.schedule.1.lr", "3e-4")
+    resumed.load_state_dict({**saved, "json": json.dumps(state)})
+    assert resumed.phase == 1 and resumed.settings_unchecked
+    checked = _job_controller()
+    checked.load_state_dict(saved)
+    assert not checked.settings_unchecked

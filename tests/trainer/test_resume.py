@@ -256,6 +256,54 @@ def test_the_start_check_refuses_an_incompatible_schedule_and_leaves_the_checkpo
     assert _tree_digest(dump / "checkpoint") == before
 
 
+_CHANGED_LR = ("--checkpoint.load_step", "6", "--phases.schedule.1.lr", "3e-4")
+_LR_REFUSAL = "phase 1 lr: 0.002 in the checkpoint, 0.0003 now"
+
+
+def test_validate_and_the_start_check_refuse_a_changed_lr_of_the_saved_phase(
+    uninterrupted: JobResult, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    import os
+
+    from titan_phases.cli import main as titan_phases
+
+    dump = tmp_path / "run"
+    shutil.copytree(uninterrupted.dump / "checkpoint", dump / "checkpoint")
+    before = _tree_digest(dump / "checkpoint")
+    job = ("--job.config_file", str(TINY_JOB), "--job.dump_folder", str(dump),
+           "--model.hf_assets_path", f"{os.environ['TITAN_PHASES_CACHE']}/tokenizer")
+    capsys.readouterr()
+    # The checkpoint (phase 1, after step 6) fixes phase 1's lr; the resumed job reads the
+    # transition step and clipping from its config, so those may change.
+    assert titan_phases(["validate", *job, "--checkpoint.load_step", "6",
+                         "--phases.schedule.1.max_transition_step", "10",
+                         "--training.max_norm", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumes {dump / 'checkpoint' / 'step-6'}: phase 1 after step 6\n" in out
+    assert titan_phases(["validate", *job, *_CHANGED_LR]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume {dump / 'checkpoint' / 'step-6'}: the checkpoint is in phase 1" in err
+    assert _LR_REFUSAL in err and "Traceback" not in err
+    refused = _refused_by_the_start_check(dump, *_CHANGED_LR, capsys=capsys)
+    assert "titan_phases: cannot resume, nothing was run" in refused and _LR_REFUSAL in refused
+    assert _tree_digest(dump / "checkpoint") == before
+
+
+def test_every_rank_refuses_a_changed_lr_of_the_saved_phase(
+    uninterrupted: JobResult, tmp_path: Path
+):
+    dump = tmp_path / "run"
+    _copy_checkpoints(uninterrupted, dump, 6)
+    before = _tree_digest(dump / "checkpoint")
+    refused = run_job(dump, *_CHANGED_LR)
+    assert refused.returncode != 0
+    assert refused.output.count("cannot resume, nothing was changed: ") == 2, refused.failure()
+    assert refused.output.count(_LR_REFUSAL) == 2
+    assert refused.output.count("exitcode  : 2") == 2, refused.failure()
+    assert "Training starts" not in refused.output
+    assert _tree_digest(dump / "checkpoint") == before
+
+
 def test_phase1_checkpoint_from_two_ranks_resumes_on_three(
     uninterrupted: JobResult, tmp_path: Path
 ):

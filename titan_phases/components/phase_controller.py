@@ -19,6 +19,14 @@ was measured at, which ``restore_best`` uses. For a generated cycle it saves the
 phase's place in the cycle (pass, position, blocks, the order generator's state), and a resume
 refuses a cycle that would not go on the same way.
 
+A resume also refuses a job whose phases ``0..saved`` differ from the checkpoint's in what the
+checkpoint fixes: the parameters each phase thaws and freezes (saved as fingerprints), and the
+settings the checkpoint restores instead of reading them from the config
+(:meth:`~titan_phases.schedule.ResolvedSchedule.fixed_settings`: lrs, optimizer and LR
+scheduler classes and arguments, ``[optimizer]``, ``lr_scale``), saved as values so the refusal
+can name each. A checkpoint written before the settings were saved has only the fingerprints:
+its settings are not checked (:attr:`PhaseController.settings_unchecked`).
+
 **Limitations**
 Phases only advance, one at a time.
 """
@@ -27,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -90,7 +98,19 @@ def build_phase_controller(
         plateau_transitions=mode in ("plateau", "both"),
         phase_frozen=schedule.phase_frozen,
         cycle=None if schedule.cycle is None else [p.as_dict() for p in schedule.cycle],
+        phase_settings=[schedule.fixed_settings(k) for k in range(schedule.num_phases)],
+        settings_source=_settings_source(schedule),
     )
+
+
+def _settings_source(schedule: ResolvedSchedule) -> str:
+    """Where the phases' own settings (``lr``, ``new_optimizer``...) come from."""
+    if schedule.cycle is not None:
+        return "[phases.cycle] lr (the schedule is generated)"
+    if schedule.generated:
+        return ("[phases] base_max_lr, reinit_optimizer and reinit_lr_scheduler (the schedule is "
+                "generated)")
+    return schedule.source
 
 
 class PhaseController(Stateful):
@@ -107,6 +127,11 @@ class PhaseController(Stateful):
         cycle: per phase, its place in a generated cycle
             (:meth:`~titan_phases.schedule.cycle.CyclePosition.as_dict`), saved with the
             current phase's so that a resume checks it goes on with the same draws.
+        phase_settings: per phase, the settings a checkpoint fixes
+            (:meth:`~titan_phases.schedule.ResolvedSchedule.fixed_settings`), plain values;
+            those of phases ``0..current`` are saved and must be the same on resume. None: not
+            known, neither saved nor checked.
+        settings_source: where the phases' own settings come from, for the refusal.
     """
 
     def __init__(
@@ -117,11 +142,24 @@ class PhaseController(Stateful):
         plateau_transitions: bool = False,
         phase_frozen: Sequence[Sequence[str]] = (),
         cycle: Sequence[dict[str, Any]] | None = None,
+        phase_settings: Sequence[Mapping[str, Any]] | None = None,
+        settings_source: str = "the schedule",
     ) -> None:
         if len(max_transition_steps) != len(phase_params) or not phase_params:
             raise ValueError("one max_transition_step and one parameter list per phase")
+        if phase_settings is not None and len(phase_settings) != len(phase_params):
+            raise ValueError("one settings mapping per phase")
         self.max_transition_steps = list(max_transition_steps)
         self.fingerprints = phase_fingerprints(phase_params, phase_frozen)
+        # As they come back from the checkpoint's JSON (tuples are lists there).
+        self.settings: list[dict[str, Any]] | None = (
+            None if phase_settings is None
+            else json.loads(json.dumps([dict(s) for s in phase_settings], default=str))
+        )
+        self.settings_source = settings_source
+        # Whether the state loaded last had no settings (saved before they were) to check this
+        # controller's against.
+        self.settings_unchecked = False
         self.cycle = None if cycle is None else list(cycle)
         self.plateau = plateau or PlateauTracker(patience=1, min_delta=0.0, mode="min")
         self.plateau_transitions = plateau_transitions
@@ -205,6 +243,7 @@ class PhaseController(Stateful):
                     "last_validation_step": self.last_validation_step,
                     "stop_reason": self.stop_reason,
                     "cycle": None if self.cycle is None else self.cycle[self.phase],
+                    "settings": None if self.settings is None else self.settings[: self.phase + 1],
                 }
             ),
         }
@@ -212,8 +251,19 @@ class PhaseController(Stateful):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = json.loads(state_dict["json"])
         phase = int(state_dict["phase"])
-        check_same_cycle(saved.get("cycle"), phase, self.cycle)
-        check_compatible(saved["fingerprints"], phase, self.fingerprints)
+        problems = [
+            problem
+            for problem in (
+                cycle_problem(saved.get("cycle"), phase, self.cycle),
+                schedule_problem(saved["fingerprints"], phase, self.fingerprints),
+                settings_problem(saved.get("settings"), phase, self.settings,
+                                 self.settings_source),
+            )
+            if problem is not None
+        ]
+        if problems:
+            raise ScheduleMismatchError("\n".join(problems))
+        self.settings_unchecked = saved.get("settings") is None and self.settings is not None
         self.phase = phase
         self.history = [Transition(**t) for t in saved["history"]]
         self._requested = saved["requested"]
@@ -222,44 +272,108 @@ class PhaseController(Stateful):
         self.stop_reason = saved["stop_reason"]
 
 
-def check_compatible(saved: Sequence[str], saved_phase: int, current: Sequence[str]) -> None:
-    """Raise unless the current schedule can continue a run saved in ``saved_phase``.
+def schedule_problem(saved: Sequence[str], saved_phase: int, current: Sequence[str]) -> str | None:
+    """Why the current schedule cannot continue a run saved in ``saved_phase``, or None.
 
     Phases up to and including the saved one decided which params are trainable and how the
     optimizer's param groups are laid out, so they must be unchanged; later phases may change.
     """
     if saved_phase >= len(current):
-        raise ScheduleMismatchError(
+        return (
             f"the checkpoint is in phase {saved_phase} but the schedule has only "
             f"{len(current)} phase(s); restore the schedule the run was started with or start "
             "a new run (new job.dump_folder)"
         )
     changed = [i for i in range(saved_phase + 1) if saved[i] != current[i]]
     if changed:
-        raise ScheduleMismatchError(
+        return (
             f"the checkpoint is in phase {saved_phase}, but the parameters of phase(s) "
             f"{', '.join(map(str, changed))} differ from the schedule it was saved with; phases "
             f"0..{saved_phase} must stay as they were (later phases may change). Restore the "
             "original params for those phases or start a new run (new job.dump_folder)"
         )
+    return None
 
 
-def check_same_cycle(
+def _shown(value: Any) -> str:
+    return "not set" if value is None else json.dumps(value)
+
+
+def _phase_ranges(phases: Sequence[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``"phases 1-3, 5"``."""
+    runs: list[list[int]] = []
+    for k in phases:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    text = ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+    return f"phase{'s' if len(phases) > 1 else ''} {text}"
+
+
+_SHOWN_CHANGES = 20
+
+
+def settings_problem(
+    saved: Sequence[Mapping[str, Any]] | None,
+    saved_phase: int,
+    current: Sequence[Mapping[str, Any]] | None,
+    source: str = "the schedule",
+) -> str | None:
+    """Why a run saved in ``saved_phase`` cannot go on with the current settings of phases
+    ``0..saved_phase`` (:meth:`~titan_phases.schedule.ResolvedSchedule.fixed_settings`), or
+    None. Either None (a checkpoint written before the settings were saved, a controller
+    without them): not checked.
+    One line per changed key and values, naming the phases where it changed (a job-wide key,
+    ``[section] key``, is named as such)."""
+    if saved is None or current is None:
+        return None
+    changes: dict[tuple[str, str, str], list[int]] = {}
+    for k in range(min(saved_phase + 1, len(saved), len(current))):
+        for key in sorted(set(saved[k]) | set(current[k])):
+            before, now = saved[k].get(key), current[k].get(key)
+            if before != now:
+                changes.setdefault((key, _shown(before), _shown(now)), []).append(k)
+    if not changes:
+        return None
+    lines = [
+        (f"{key}" if key.startswith("[") else f"{_phase_ranges(phases)} {key}")
+        + f": {before} in the checkpoint, {now} now"
+        + (f" ({_phase_ranges(phases)})" if key.startswith("[") and phases != [0] else "")
+        for (key, before, now), phases in changes.items()
+    ]
+    own = any(not key.startswith("[") for key, _, _ in changes)
+    if len(lines) > _SHOWN_CHANGES:
+        lines[_SHOWN_CHANGES:] = [f"... and {len(lines) - _SHOWN_CHANGES} more"]
+    return (
+        f"the checkpoint is in phase {saved_phase}, and this job changes settings of phases "
+        f"0..{saved_phase} that the checkpoint fixes (resuming restores them from the "
+        "checkpoint, so the change would be silently ignored):\n  "
+        + "\n  ".join(lines)
+        + ("\nThe phases' own settings come from " + source + "." if own else "")
+        + "\nRestore the values the run was started with, or start a new run (new "
+        "job.dump_folder). What may change on resume: max_transition_step, max_norm, "
+        "[lr_scheduler] and training.steps, the init_args of a LambdaLR or MultiplicativeLR, "
+        f"and phases after {saved_phase}"
+    )
+
+
+def cycle_problem(
     saved: dict[str, Any] | None, saved_phase: int, current: Sequence[dict[str, Any]] | None
-) -> None:
-    """Raise unless a run saved in ``saved_phase`` of a generated cycle goes on with the same
-    cycle: the same pass, position, blocks and order generator state."""
+) -> str | None:
+    """Why a run saved in ``saved_phase`` of a generated cycle cannot go on with the current
+    cycle, or None: it must have the same pass, position, blocks and order generator state."""
     live = None if current is None or saved_phase >= len(current) else current[saved_phase]
     if saved == live:
-        return
+        return None
     if saved is None or live is None:
         what = "a generated cycle" if saved is not None else "no generated cycle"
-        raise ScheduleMismatchError(
+        return (
             f"the checkpoint was saved by {what}, and this job's schedule is "
             f"{'not one' if saved is not None else 'one'}; resume with the settings the run "
             "was started with, or start a new run (new job.dump_folder)"
         )
-    raise ScheduleMismatchError(
+    return (
         f"the checkpoint is in pass {saved['pass']}, phase {saved['position']} of its pass, "
         f"blocks {saved['blocks']}, but this job's cycle has pass {live['pass']}, phase "
         f"{live['position']}, blocks {live['blocks']} there"

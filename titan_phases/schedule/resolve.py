@@ -12,11 +12,13 @@ TrainSpec builders, which read the schedule back with :func:`attached_schedule`.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import torch
 from torchtitan.config import JobConfig
 
 from . import classes
@@ -91,6 +93,8 @@ class _PhaseTables(NamedTuple):
     """Per phase, every parameter that trains in it, in model order."""
     groups: tuple[tuple[int, ...], ...]
     """Per phase, its param groups by the phase that added each (see :class:`PhasePlan`)."""
+    lr_scheduler: tuple[LRSchedulerInit | None, ...]
+    """The latest ``new_lr_scheduler`` up to each phase (None: ``[lr_scheduler]``'s)."""
 
 
 def trainable_and_groups(
@@ -128,6 +132,8 @@ class ResolvedSchedule:
         generated: whether the schedule was generated (no schedule file / inline schedule).
         lr_scale, base_lr, base_max_norm: ``phases.lr_scale``, ``optimizer.lr`` and
             ``training.max_norm`` of the job.
+        base_optimizer: the ``[optimizer]`` fields phase 0's optimizer is built with
+            (:func:`optimizer_section_settings`), as ``(field, value)`` pairs.
         apply_lambdas_new_pgs: ``phases.apply_lambdas_new_pgs``, for the LR schedulers.
         warnings: problems that do not stop the run; the caller decides where to log them.
     """
@@ -146,6 +152,7 @@ class ResolvedSchedule:
     warnings: tuple[Problem, ...] = ()
     phase_frozen: tuple[tuple[str, ...], ...] = ()
     cycle: tuple[CyclePosition, ...] | None = None
+    base_optimizer: tuple[tuple[str, Any], ...] = ()
 
     @property
     def num_phases(self) -> int:
@@ -191,19 +198,22 @@ class ResolvedSchedule:
         max_norm: list[float] = []
         group_lr: list[float] = []
         latest_init_pg_lrs: list[int | None] = []
-        init, init_lr, norm, given = None, None, self.base_max_norm, None
+        lr_scheduler: list[LRSchedulerInit | None] = []
+        init, init_lr, norm, given, running = None, None, self.base_max_norm, None, None
         for phase in self.phases:
             if phase.new_optimizer is not None:
                 init = phase.new_optimizer
                 init_lr = float(init.init_args["lr"]) if "lr" in init.init_args else init_lr
             norm = norm if phase.max_norm is None else phase.max_norm
             scheduler = phase.new_lr_scheduler
+            running = running if scheduler is None else scheduler
             own_lrs = scheduler.init_pg_lrs if scheduler is not None else None
             if own_lrs is not None and phase.index > 0:
                 given = phase.index
             optimizer.append(init)
             max_norm.append(norm)
             latest_init_pg_lrs.append(given)
+            lr_scheduler.append(running)
             if own_lrs is not None:
                 # The last entry is the new group's (init_pg_lrs lists the phase's groups).
                 group_lr.append(own_lrs[-1] * self.lr_scale)
@@ -214,7 +224,7 @@ class ResolvedSchedule:
         frozen = [self.frozen_at(k) for k in range(self.num_phases)]
         trainable, groups = trainable_and_groups(self.param_numels, self.phase_params, frozen)
         return _PhaseTables(tuple(optimizer), tuple(max_norm), tuple(group_lr),
-                            tuple(latest_init_pg_lrs), trainable, groups)
+                            tuple(latest_init_pg_lrs), trainable, groups, tuple(lr_scheduler))
 
     def trainable_params(self, k: int) -> tuple[str, ...]:
         """Every parameter trainable during phase ``k``, in model order: those thawed by phases
@@ -282,6 +292,60 @@ class ResolvedSchedule:
             return None
         return tuple(lr * self.lr_scale for lr in scheduler.init_pg_lrs)
 
+    def fixed_settings(self, k: int) -> dict[str, Any]:
+        """The settings of phase ``k`` that a checkpoint saved in phase ``k`` or later fixes:
+        a resumed job takes what they decided from the checkpoint, not from its config, so a
+        changed value would be silently ignored (:mod:`titan_phases.components.phase_controller`
+        refuses it). Keys name the setting: ``lr`` and ``new_optimizer.*`` /
+        ``new_lr_scheduler.*`` for the phase's own keys, ``[section] key`` for the job's.
+
+        * the lr of the group the phase adds, and its new optimizer's class and init args: the
+          checkpoint holds every param group's lr and hyperparameters, and the optimizer class;
+        * phase 0: the ``[optimizer]`` fields its optimizer is built with, and ``[phases]
+          lr_scale`` (in every lr the checkpoint restores);
+        * the phase's new LR scheduler: class, ``init_pg_lrs`` and
+          ``use_current_optimizer_pg_lrs`` (the start lrs it set are restored), and its init
+          args, which the checkpoint's scheduler state restores (``step_size``, ``gamma``,
+          ``T_max``...), except for LambdaLR and MultiplicativeLR (the warmup-stable-decay
+          schedule of ``[lr_scheduler]`` is one): their lambdas, which is what their init args
+          configure, come from the live config, so a change takes effect;
+        * ``[phases] apply_lambdas_new_pgs`` in a phase whose group joins a running lambda
+          schedule (the lr it joined with is restored).
+
+        Not fixed: ``max_transition_step`` and ``max_norm`` (the resumed job reads them from its
+        config), ``[lr_scheduler]`` and ``training.steps`` (lambda arguments, see above).
+
+        **Limitations** An ``lr_lambda`` that is a callable object rather than a function gets
+        its attributes back from the checkpoint (torch's LambdaLR saves them); its own settings
+        are not checked here.
+        """
+        phase = self.phases[k]
+        settings: dict[str, Any] = {}
+        if k == 0:
+            settings.update((f"[optimizer] {name}", value) for name, value in self.base_optimizer)
+            settings["[phases] lr_scale"] = self.lr_scale
+        else:
+            settings["lr"] = phase.lr
+        if phase.new_optimizer is not None:
+            settings["new_optimizer.class_path"] = phase.new_optimizer.class_path
+            settings["new_optimizer.init_args"] = dict(phase.new_optimizer.init_args)
+        scheduler = phase.new_lr_scheduler
+        if scheduler is not None:
+            settings["new_lr_scheduler.class_path"] = scheduler.class_path
+            if not _is_lambda_scheduler(scheduler.class_path):
+                settings["new_lr_scheduler.init_args"] = dict(scheduler.init_args)
+            settings["new_lr_scheduler.init_pg_lrs"] = (
+                None if scheduler.init_pg_lrs is None else list(scheduler.init_pg_lrs)
+            )
+            settings["new_lr_scheduler.use_current_optimizer_pg_lrs"] = (
+                scheduler.use_current_optimizer_pg_lrs
+            )
+        elif k > 0 and k in self.groups(k):
+            running = self._tables.lr_scheduler[k]
+            if running is None or _is_lambda_scheduler(running.class_path):
+                settings["[phases] apply_lambdas_new_pgs"] = self.apply_lambdas_new_pgs
+        return settings
+
     def max_norm_at(self, k: int) -> float:
         """Gradient clipping norm during phase ``k``: the latest per-phase ``max_norm`` up to
         phase k, else ``[training] max_norm``."""
@@ -299,6 +363,48 @@ class ResolvedSchedule:
         """Constructor kwargs for ``init``'s class (optimizer excluded), lr lambdas imported."""
         cls = classes.import_object(init.class_path)
         return classes.lr_scheduler_kwargs(cls, init.init_args)
+
+
+@functools.cache
+def _is_lambda_scheduler(class_path: str) -> bool:
+    """Whether the LR scheduler class computes its lrs from lr lambdas (LambdaLR,
+    MultiplicativeLR and their subclasses)."""
+    try:
+        cls = classes.import_object(class_path)
+    except ImportError:  # reported by validation; nothing runs with it
+        return False
+    return isinstance(cls, type) and issubclass(cls, classes.LAMBDA_SCHEDULERS)
+
+
+# [optimizer] field -> the constructor arguments it is passed as (torchtitan's and
+# classes.optimizer_from_config's mapping).
+_OPTIMIZER_FIELD_ARGS = {
+    "lr": ("lr",),
+    "beta1": ("betas",),
+    "beta2": ("betas",),
+    "eps": ("eps",),
+    "weight_decay": ("weight_decay",),
+    "implementation": ("fused", "foreach"),
+}
+
+
+def optimizer_section_settings(section: Any) -> tuple[tuple[str, Any], ...]:
+    """The ``[optimizer]`` fields phase 0's optimizer is built with
+    (:func:`~.classes.optimizer_from_config`): ``name`` as the class's dotted path, and each
+    other field its class has an argument for. A name that does not import keeps every field
+    (the optimizer builder reports it)."""
+    try:
+        cls = classes.import_class_path(
+            section.name, torch.optim.Optimizer, classes.OPTIMIZER_MODULE, "an optimizer"
+        )
+    except Exception:  # importing runs the named module's code, which may raise anything
+        return (("name", section.name),
+                *((name, getattr(section, name)) for name in _OPTIMIZER_FIELD_ARGS))
+    accepted = inspect.signature(cls.__init__).parameters
+    return (("name", classes.class_path_of(cls)), *(
+        (name, getattr(section, name)) for name, args in _OPTIMIZER_FIELD_ARGS.items()
+        if any(arg in accepted for arg in args)
+    ))
 
 
 def _config_source(job_config: JobConfig, config_path: str | None) -> str:
@@ -424,6 +530,7 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
         warnings=tuple(problems.warnings),
         phase_frozen=tuple(tuple(names) for names in matched.frozen[:n_running]),
         cycle=None if cycle is None else cycle.positions[:n_running],
+        base_optimizer=optimizer_section_settings(job_config.optimizer),
     )
 
 

@@ -130,3 +130,59 @@ def test_resume_report_refuses_a_checkpoint_of_another_model(tmp_path: Path):
         _checkpoint_config(), str(tmp_path), _controller(), verify, {"model.w": (2,)}
     )
     assert problem is None and resumes.endswith("phase 2 after step 5")
+
+
+def _with_settings(lrs=(None, 2e-3, 1e-3)) -> PhaseController:
+    return PhaseController([2, 4, None], PARAMS, phase_settings=[{"lr": lr} for lr in lrs])
+
+
+def test_a_changed_lr_of_a_saved_phase_is_refused_before_anything_is_entered(tmp_path: Path):
+    saved = _with_settings()
+    for completed in range(5):
+        transition = saved.due(completed)
+        if transition:
+            saved.commit(transition)
+    checkpoint = _save(tmp_path / "step-5", saved)
+    calls: list[object] = []
+    with pytest.raises(ScheduleMismatchError) as refused:
+        rebuild_to_checkpoint(checkpoint, _with_settings((None, 3e-4, 1e-3)), calls.append,
+                              calls.append)
+    assert f"{checkpoint}: the checkpoint is in phase 2, and this job changes" in str(
+        refused.value
+    )
+    assert "\n  phase 1 lr: 0.002 in the checkpoint, 0.0003 now\n" in str(refused.value)
+    assert calls == []
+    resumes, problem = resume_report(
+        _checkpoint_config(), str(tmp_path), _with_settings((None, 3e-4, 1e-3)), verify,
+        {"model.w": (2,)},
+    )
+    assert resumes is None and problem.startswith(f"cannot resume {checkpoint}: the checkpoint")
+    assert "phase 1 lr: 0.002 in the checkpoint, 0.0003 now" in problem
+
+
+def test_a_checkpoint_saved_without_settings_is_resumed_as_before_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    import json
+
+    from titan_phases.components.checkpointing.resume import SETTINGS_UNCHECKED
+
+    state = _in_phase_2().state_dict()
+    fields = json.loads(state["json"])
+    assert fields.pop("settings") is None  # a controller without settings saves none
+    old = {"phase": state["phase"], "json": json.dumps(fields)}
+    checkpoint = tmp_path / "step-5"
+    dcp.save({"model": {"w": torch.ones(2)}, PHASES_KEY: old}, checkpoint_id=checkpoint,
+             no_dist=True)
+    resumes, problem = resume_report(
+        _checkpoint_config(), str(tmp_path), _with_settings((None, 3e-4, 1e-3)), verify,
+        {"model.w": (2,)},
+    )
+    assert problem is None
+    assert resumes == f"{checkpoint}: phase 2 after step 5 ({SETTINGS_UNCHECKED})"
+    calls: list[object] = []
+    with caplog.at_level("WARNING"):
+        phase = rebuild_to_checkpoint(str(checkpoint), _with_settings(), calls.append,
+                                      calls.append)
+    assert phase == 2 and calls == [1, 2, str(checkpoint)]
+    assert f"{checkpoint} was {SETTINGS_UNCHECKED}" in caplog.text

@@ -10,7 +10,10 @@ checkpoint's before torchtitan loads it (a phase-1 checkpoint loaded into a phas
 silently drops state; the reverse fails inside DCP). :func:`rebuild_to_checkpoint` therefore
 
 1. reads the phase controller's saved state (a few bytes, on each rank alone);
-2. loads it into the controller, which refuses a schedule whose phases ``0..saved`` changed;
+2. loads it into the controller, which refuses a job whose phases ``0..saved`` changed in what
+   the checkpoint fixes: their params, and the settings it restores (lrs, optimizer and LR
+   scheduler classes and arguments, ``[optimizer]``, ``lr_scale``: see
+   :meth:`~titan_phases.schedule.ResolvedSchedule.fixed_settings`);
 3. enters phases ``1..saved`` exactly as the transitions did (nothing is replayed);
 4. checks the optimizer against the checkpoint's metadata, so a mismatch gets a clear error
    rather than DCP's "Missing key".
@@ -20,6 +23,9 @@ rank raises :class:`~titan_phases.components.phase_controller.ScheduleMismatchEr
 same report, before anything is loaded. A checkpoint of another model is refused in one line
 (:func:`~.format.model_mismatch`) rather than by DCP's size mismatch, and a missing
 ``initial_load_path`` is named (:func:`initial_weights_problem`).
+
+A checkpoint saved before the controller saved those settings is resumed as before, unchecked,
+and both the ranks and :func:`resume_report` say so (:data:`SETTINGS_UNCHECKED`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from titan_phases.components.phase_controller import PhaseController, ScheduleMi
 from titan_phases.runtime.agreement import agreed_report
 
 __all__ = [
+    "SETTINGS_UNCHECKED",
     "dataloader_ranks_saved",
     "initial_weights_problem",
     "rebuild_to_checkpoint",
@@ -55,6 +62,13 @@ logger = logging.getLogger(__name__)
 
 
 _DATALOADER_RANK_PREFIX = "dataloader.dp_rank_"
+
+SETTINGS_UNCHECKED = (
+    "saved before checkpoints recorded their phases' settings: the params of phases 0..saved "
+    "are checked, their lrs, optimizer and LR scheduler settings are not (the checkpoint's "
+    "win); keep them as the run was started"
+)
+"""What a resume of a checkpoint without saved settings says."""
 
 
 def dataloader_ranks_saved(checkpoint_id: str) -> int:
@@ -125,7 +139,10 @@ def resume_report(
         controller.load_state_dict(saved)
     except ScheduleMismatchError as exc:
         return None, f"cannot resume {choice.path}: {exc}"
-    return f"{choice.path}: phase {controller.phase} after step {choice.step}", None
+    resumes = f"{choice.path}: phase {controller.phase} after step {choice.step}"
+    if controller.settings_unchecked:
+        resumes += f" ({SETTINGS_UNCHECKED})"
+    return resumes, None
 
 
 def refuse_if_any_rank_objects(
@@ -160,6 +177,8 @@ def rebuild_to_checkpoint(
     except ScheduleMismatchError as exc:
         problem = f"{checkpoint_id}: {exc}"
     refuse_if_any_rank_objects(problem)
+    if controller.settings_unchecked:
+        logger.warning("%s was %s", checkpoint_id, SETTINGS_UNCHECKED)
     target = controller.phase
     if target > 0:
         logger.info(
