@@ -7,8 +7,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_readme_schedule_example_validates(tmp_path: Path, capsys):
+def test_readme_schedule_example_validates(tmp_path: Path, capsys, monkeypatch):
     from titan_phases.cli import main
+
+    # As the README runs it: from the repository, the embedded assets in their default place
+    # (./.cache/titan_phases, built by the job when missing).
+    monkeypatch.delenv("TITAN_PHASES_CACHE", raising=False)
+    monkeypatch.chdir(REPO)
 
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Quick start"):]
@@ -20,8 +25,11 @@ def test_readme_schedule_example_validates(tmp_path: Path, capsys):
     assert "3 phase(s)" in out
 
 
-def test_readme_block_cyclic_plan_lines_are_what_plan_prints(capsys):
+def test_readme_block_cyclic_plan_lines_are_what_plan_prints(capsys, monkeypatch):
     from titan_phases.cli import main
+
+    monkeypatch.delenv("TITAN_PHASES_CACHE", raising=False)  # as above
+    monkeypatch.chdir(REPO)
 
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Block-cyclic fine-tuning"):]

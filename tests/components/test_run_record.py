@@ -26,12 +26,17 @@ SCHEDULE = {
                                "use_current_optimizer_pg_lrs": True}},
 }
 JOB = """
+[job]
+custom_config_module = "titan_phases.config.job_config"
+
 [model]
-name = "llama3"
+name = "llama3_phases"
 flavor = "debugmodel"
+hf_assets_path = "{tokenizer}"
 
 [training]
 steps = 60
+dataset = "titan_recipes"
 """
 
 
@@ -58,7 +63,10 @@ def test_written_schedule_validates_to_the_same_plans(tmp_path, capsys):
 
     # `titan-phases validate` accepts it, and phases.txt is what `show --params` prints.
     job_file = tmp_path / "job.toml"
-    job_file.write_text(JOB)
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer.json").write_text("{}")  # all validate looks for
+    job_file.write_text(JOB.format(tokenizer=tokenizer))
     flags = ["--job.config_file", str(job_file), "--phases.schedule_file", str(schedule_file)]
     assert main(["validate", *flags]) == 0
     assert "OK: 3 phase(s), explicit schedule" in capsys.readouterr().out
