@@ -77,7 +77,8 @@ class Phases:
     """
     Path to a phase schedule TOML file (format: docs/schedule.md). A relative path is looked up
     first in the directory of the job config file, then in the current working directory.
-    Mutually exclusive with an inline ``[phases.schedule]``. When neither is given, a schedule is
+    Not together with an inline ``[phases.schedule]`` in the TOML; given on the command line it
+    replaces the TOML's inline schedule, with a warning. When neither is given, a schedule is
     generated from the model's structure (see ``blocks_per_phase``).
     """
 
