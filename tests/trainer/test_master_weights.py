@@ -87,10 +87,17 @@ def test_every_rank_holds_what_plan_says_in_every_phase(bf16_run: JobResult, cyc
 def test_masters_follow_the_fp32_run_and_frozen_bf16_weights_stay_put(
     bf16_run: JobResult, cycle_run: JobResult, initial_weights: Path, tmp_path: Path
 ):
-    # The bf16 run starts from the same weights rounded to bf16 (all but phase 0's masters,
-    # which load in full precision), so its masters differ from the fp32 run's weights by about
-    # one bf16 rounding of the weights, 2**-9 relative, and should stay within 2**-8.
-    before = model_tensors(initial_weights, tmp_path / "0.pt")
+    """The bf16 run differs from the fp32 one by bf16 storage alone: its frozen weights are
+    rounded (2**-9 relative at most), so are a block's weights when it leaves and next enters,
+    and Adam normalizes gradients, so an element whose gradient is near zero moves by up to
+    lr a step either way. Measured on this job: losses within 1.7e-4 relative, masters within
+    1.6e-2 of the fp32 weights (relative norm), weight matrices moving the same way (cosine of
+    the updates >= 0.999). The bounds below leave room for that and fail for masters that do
+    not train (cosine near 0) or that lose the updates (differences of the updates' size)."""
+    losses, expected = bf16_run.losses(), cycle_run.losses()
+    assert max(abs(losses[s] - expected[s]) / expected[s] for s in expected) <= 1e-3
+    initial = model_tensors(initial_weights, tmp_path / "0.pt")
+    before = initial
     worst = 0.0
     for step in range(1, 13):
         after = model_tensors(bf16_run.dump / "checkpoint" / f"step-{step}", tmp_path / "b.pt")
@@ -101,6 +108,11 @@ def test_masters_follow_the_fp32_run_and_frozen_bf16_weights_stay_put(
                 # A trainable param's entry is its fp32 master.
                 assert tensor.dtype == torch.float32, (name, step)
                 worst = max(worst, float((tensor - fp32[name]).norm() / fp32[name].norm()))
+                update, expected_update = tensor - initial[name], fp32[name] - initial[name]
+                if expected_update.norm() > 0.1 * fp32[name].norm():
+                    cosine = torch.nn.functional.cosine_similarity(
+                        update.flatten(), expected_update.flatten(), dim=0)
+                    assert cosine >= 0.99, (name, step, float(cosine))
             else:
                 # A frozen param's is its bf16 weight, unchanged since it froze (a param that
                 # just left holds its master's rounded value).
@@ -108,7 +120,7 @@ def test_masters_follow_the_fp32_run_and_frozen_bf16_weights_stay_put(
                 assert torch.equal(tensor, before[name].to(torch.bfloat16)), (name, step)
         before = after
     print(f"largest master difference from the fp32 run, relative to the weights: {worst:.3e}")
-    assert worst <= 2**-8
+    assert worst <= 2**-5
 
 
 def test_a_kill_then_the_same_command_continues_bitwise(
