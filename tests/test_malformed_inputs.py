@@ -21,7 +21,7 @@ import pytest
 
 from tests import launches
 from titan_phases.cli import main
-from titan_phases.schedule.toml_writer import dumps
+from titan_phases.config.toml_writer import dumps
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "malformed"

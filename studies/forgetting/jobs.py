@@ -32,7 +32,7 @@ from typing import Any
 from studies.forgetting.settings import Settings
 from studies.forgetting.strategies import DEFAULT_JOB
 from titan_phases.components.metrics_file import read_metrics as read_metrics_file
-from titan_phases.schedule.toml_writer import dumps
+from titan_phases.config.toml_writer import dumps
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN_CONFIG = REPO / "train_configs" / "pretrain_debug_model.toml"

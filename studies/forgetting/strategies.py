@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from titan_phases.schedule.toml_writer import dumps
+from titan_phases.config.toml_writer import dumps
 
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "train_configs" / "debug_model.toml"
 HEAD_ONLY_PARAMS = ("output.weight", "norm.weight", r"layers\.5\..+")

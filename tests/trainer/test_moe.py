@@ -103,7 +103,7 @@ def test_the_expert_bias_follows_stock_torchtitan_while_the_same_params_train(
     # the load-balancing hook sees the same tokens, so every checkpoint must match stock's.
     import tomllib
 
-    from titan_phases.schedule.toml_writer import dumps
+    from titan_phases.config.toml_writer import dumps
 
     tables = tomllib.loads(MOE_JOB.read_text())
     tables["phases"] = {"schedule": {"0": {"params": [".+"]}}}

@@ -31,9 +31,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
+    from titan_phases.config.toml_writer import dumps
     from titan_phases.schedule import load_and_validate
     from titan_phases.schedule.table import phase_rows, render_table
-    from titan_phases.schedule.toml_writer import dumps
 
     job_config = parse_job(rest)
     cfg = job_config.phases

@@ -71,12 +71,12 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
+    from titan_phases.config.toml_writer import dumps
     from titan_phases.interop.fts_import import convert_fts_schedule, load_fts_yaml
     from titan_phases.interop.hf_names import job_hf_names, to_titan_names
     from titan_phases.schedule.errors import Problems
     from titan_phases.schedule.model_info import model_param_numels
     from titan_phases.schedule.table import phase_rows, render_table
-    from titan_phases.schedule.toml_writer import dumps
 
     if rest and args.out == "-":
         raise InvalidInput("validating against a job needs --out FILE, not stdout")

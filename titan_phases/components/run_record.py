@@ -36,10 +36,10 @@ import torch
 from torchtitan.config import JobConfig
 
 import titan_phases
+from titan_phases.config.toml_writer import dumps, value_to_toml
 from titan_phases.runtime.ranks import is_rank0
 from titan_phases.schedule import ResolvedSchedule
 from titan_phases.schedule.table import phase_rows, render_table
-from titan_phases.schedule.toml_writer import dumps, value_to_toml
 
 __all__ = ["RUN_DIR", "STARTS_LOG", "startup_summary", "versions", "write_run_record"]
 

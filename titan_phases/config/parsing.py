@@ -35,6 +35,7 @@ from torchtitan.tools.logging import logger as torchtitan_logger
 
 from titan_phases.data.assets import cache_root, tokenizer_dir
 
+from .toml_writer import as_written
 from .typecheck import describe, fits
 
 CUSTOM_CONFIG_MODULE = "titan_phases.config.job_config"
@@ -68,20 +69,6 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise JobConfigFileError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise JobConfigFileError(f"{path}: {exc.strerror}") from None
-
-
-def as_written(value: Any) -> str:
-    """``value`` for a message as the job TOML writes it: a string in single quotes, so a regex
-    keeps its single backslashes (``'layers\\.5\\..+'``, not Python's ``'layers\\\\.5'``);
-    one holding a quote or a control character as Python prints it; a list as a list of such
-    values. Anything else as Python prints it."""
-    if isinstance(value, str):
-        if "'" in value or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-            return repr(value)
-        return f"'{value}'"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(as_written(v) for v in value) + "]"
-    return repr(value)
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ from typing import Any
 
 import yaml
 
+from titan_phases.config.toml_writer import as_written
 from titan_phases.schedule.errors import Problems
-from titan_phases.schedule.matching import as_written
 
 # FTS's default for phases without an lr (``FinetuningScheduler(base_max_lr=1e-05)``).
 FTS_BASE_MAX_LR = 1.0e-5

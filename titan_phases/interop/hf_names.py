@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from torchtitan.config import JobConfig
 from torchtitan.protocols.train_spec import get_train_spec
 
+from titan_phases.config.toml_writer import as_written
 from titan_phases.schedule.errors import Problem, Problems, ScheduleError
-from titan_phases.schedule.matching import as_written
 from titan_phases.schedule.model_info import model_param_numels
 
 

@@ -4,7 +4,7 @@
 ``python -m titan_phases.train`` calls it once on every rank, before any process group exists,
 and hands the result to the trainer, which attaches it to the job config for the phased
 TrainSpec's builders (:func:`attach_schedule`, :func:`attached_schedule`). The phase table
-(:mod:`.table`) and the TOML writer (:mod:`.toml_writer`) turn a schedule back into text;
+(:mod:`.table`) and :mod:`titan_phases.config.toml_writer` turn a schedule back into text;
 imports from other formats are :mod:`titan_phases.interop`.
 """
 

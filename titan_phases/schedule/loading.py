@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from titan_phases.config.toml_writer import as_written
+
 from . import classes
 from .errors import Problem, Problems, ScheduleError
-from .matching import as_written
 from .schema import LRSchedulerInit, OptimizerInit, Phase, PhaseSchedule
 
 PHASE_KEYS = (

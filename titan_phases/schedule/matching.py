@@ -16,30 +16,17 @@ import difflib
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+from titan_phases.config.toml_writer import as_written
 
 from .errors import Problems
 from .schema import Phase, PhaseSchedule
-from .toml_writer import value_to_toml
 
 WRAPPER_SEGMENTS = frozenset({"_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"})
 
 # Listing a few names is enough to locate an overlap; the rest is summarised.
 _MAX_NAMES_SHOWN = 3
-
-
-def as_written(value: Any) -> str:
-    """``value`` for a message, as a TOML file writes it: a string in single quotes, so a
-    regex reads as it was written (``'layers\\.3\\..+'``, not Python's doubled backslashes);
-    one holding a single quote or a control character as a TOML basic string; a list as a
-    list of such values. Anything else as Python prints it."""
-    if isinstance(value, str):
-        if "'" in value or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-            return value_to_toml(value)
-        return f"'{value}'"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(as_written(v) for v in value) + "]"
-    return repr(value)
 
 
 def canonical_param_name(name: str) -> str:

@@ -19,12 +19,12 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torchtitan.config import JobConfig
 
 from titan_phases.config.job_config import Phases
+from titan_phases.config.toml_writer import as_written
 from titan_phases.config.typecheck import describe, fits
 
 from . import classes
 from .errors import Problems
 from .loading import parse_lr_scheduler_init, parse_optimizer_init
-from .matching import as_written
 from .schema import LRSchedulerInit, OptimizerInit, PhaseSchedule
 
 _DUMMY_LR = 1.0e-3

@@ -1,4 +1,5 @@
-"""A small TOML writer for what schedules contain (no TOML-writing dependency needed).
+"""A small TOML writer for what schedules contain (no TOML-writing dependency needed), and
+values quoted for messages as the TOML files that hold them write them (:func:`as_written`).
 
 Supports tables, strings, booleans, integers, floats, and arrays / inline tables of those.
 Tables nested up to ``header_depth`` get ``[a.b]`` headers; deeper ones are written inline.
@@ -64,6 +65,20 @@ def value_to_toml(value: Any) -> str:
     if isinstance(value, Sequence):
         return "[" + ", ".join(value_to_toml(v) for v in value) + "]"
     raise ValueError(f"cannot write {type(value).__name__} values to TOML: {value!r}")
+
+
+def as_written(value: Any) -> str:
+    """``value`` for a message, as a TOML file writes it: a string in single quotes, so a
+    regex reads as it was written (``'layers\\.3\\..+'``, not Python's doubled backslashes);
+    one holding a single quote or a control character as a TOML basic string; a list as a
+    list of such values. Anything else as Python prints it."""
+    if isinstance(value, str):
+        if "'" in value or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            return _basic_string(value)
+        return f"'{value}'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(as_written(v) for v in value) + "]"
+    return repr(value)
 
 
 def _array(value: Sequence[Any]) -> str:

@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from titan_phases.schedule.toml_writer import dumps, value_to_toml
+from titan_phases.config.toml_writer import dumps, value_to_toml
 
 
 def test_round_trip_of_schedule_like_data():
