@@ -109,6 +109,9 @@ def test_plot_draws_the_default_job_from_its_metrics(default_job: Path, tmp_path
         in_group = [s for s in steps if len(train[s]["lr"]) > group]
         assert list(lr.get_xdata()) == in_group
         assert list(lr.get_ydata()) == [train[s]["lr"][group] for s in in_group]
+    # A step line: each phase's count held across its band, the band edges between the steps.
+    per_phase = {train[s]["phase"]: train[s]["trainable_params"] for s in steps}
     assert list(drawn["trainable params"].get_ydata()) == [
-        train[s]["trainable_params"] for s in steps
+        per_phase[p] for p in sorted(per_phase) for _ in (0, 1)
     ]
+    assert drawn["trainable params"].get_drawstyle() == "steps-post"

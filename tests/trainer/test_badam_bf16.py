@@ -27,17 +27,13 @@ last bits of bf16 kernels: then both sides differ from the recording, and
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.trainer.jobs import from_initial, model_tensors, run_job
-from tests.trainer.test_block_cyclic import _blocks, BADAM
-from titan_phases.config import parse_job_config
-from titan_phases.schedule import load_and_validate, ResolvedSchedule
-from titan_phases.train_spec import register_train_specs
+from tests.trainer.test_block_cyclic import _blocks, BADAM, badam_cycle, badam_fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_assets")]
 
@@ -52,39 +48,6 @@ def _weights_sha256(state: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(state[name].contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _badam_cycle(order: str, fixture: dict, tmp_path: Path) -> tuple[Path, ResolvedSchedule]:
-    """The blocks BAdam trained, as a schedule file for titan_phases, and that schedule.
-
-    ``titan-phases generate`` writes the cycle, with every switch then moved one step earlier:
-    BAdam switches after step s when (s + 1) % K == 0, so its first block trains K - 1 steps
-    (block_optim.py:225-226). Its 12 steps therefore span 7 blocks (1 + 5 * 2 + 1 steps): the
-    cycle is generated for one step more than the job runs, so that step 12 trains the 7th.
-    """
-    import tomllib
-
-    from titan_phases.cli import main
-    from titan_phases.schedule.toml_writer import dumps
-
-    generated = tmp_path / f"{order}.toml"
-    assert main([
-        "generate", "--out", str(generated), "--job.config_file", str(BADAM / "job.toml"),
-        "--phases.cycle.enable", "--phases.cycle.order", order,
-        "--phases.cycle.steps_per_phase", str(fixture["block_optimizer"]["switch_block_every"]),
-        "--training.steps", str(len(fixture["steps"]) + 1),
-    ]) == 0
-    phases = tomllib.loads(generated.read_text())
-    for phase in phases.values():
-        if "max_transition_step" in phase:
-            phase["max_transition_step"] -= 1
-    shifted = tmp_path / f"{order}_badam.toml"
-    shifted.write_text(dumps(phases))
-    register_train_specs()
-    schedule = load_and_validate(parse_job_config([
-        "--job.config_file", str(BADAM / "job.toml"), "--phases.schedule_file", str(shifted),
-    ]))
-    return shifted, schedule
 
 
 @pytest.fixture(scope="module")
@@ -110,19 +73,14 @@ def test_bf16_masters_reproduce_badam_1_4_bf16_step_by_step(
     order: str, bf16_valued_initial_weights: tuple[Path, str], embedded_assets: Path,
     tmp_path: Path
 ):
-    fixture = json.loads((BADAM / f"{order}_bf16.json").read_text())
-    tokenizer = (embedded_assets / "tokenizer" / "tokenizer.json").read_bytes()
-    assert hashlib.sha256(tokenizer).hexdigest() == fixture["tokenizer_sha256"], (
-        "another tokenizer than the recording's: the batches differ; rerun "
-        "scripts/record_badam_losses.py"
-    )
+    fixture = badam_fixture(f"{order}_bf16.json", embedded_assets)
     initial, initial_sha256 = bf16_valued_initial_weights
     assert initial_sha256 == fixture["initial_weights_sha256"], (
         "other initial weights than the recording's; rerun scripts/record_badam_losses.py"
     )
     assert "--training.dtype bfloat16" in fixture["job_args"]
     assert fixture["block_optimizer"]["active_modules"] == []
-    schedule_file, schedule = _badam_cycle(order, fixture, tmp_path)
+    schedule_file, schedule = badam_cycle(order, fixture, tmp_path)
     run = run_job(tmp_path / "run", *from_initial(initial),
                   "--phases.schedule_file", str(schedule_file), *BF16,
                   config=BADAM / "job.toml", nproc=1)

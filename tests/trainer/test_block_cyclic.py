@@ -180,44 +180,62 @@ def test_pipeline_stages_without_an_active_block_hold_no_state_and_run_no_backwa
 BADAM = REPO / "tests" / "fixtures" / "badam"
 
 
-def _badam_schedule(order: str, tmp_path: Path) -> Path:
-    """The cycle BAdam runs, written out by ``titan-phases generate``, with every switch one
-    step earlier: BAdam switches after step s when (s + 1) % K == 0, so its first block trains
-    K - 1 steps (block_optim.py:225-226), where titan_phases' first phase trains K."""
+def badam_fixture(name: str, embedded_assets: Path) -> dict:
+    """A BAdam recording from ``tests/fixtures/badam``, checked to have seen the same batches."""
+    import hashlib
+
+    fixture = json.loads((BADAM / name).read_text())
+    tokenizer = (embedded_assets / "tokenizer" / "tokenizer.json").read_bytes()
+    assert hashlib.sha256(tokenizer).hexdigest() == fixture["tokenizer_sha256"], (
+        "another tokenizer than the recording's: the batches differ; rerun "
+        "scripts/record_badam_losses.py"
+    )
+    return fixture
+
+
+def badam_cycle(order: str, fixture: dict, tmp_path: Path) -> tuple[Path, ResolvedSchedule]:
+    """The blocks BAdam trained, as a schedule file for titan_phases, and that schedule.
+
+    ``titan-phases generate`` writes the cycle, with every switch then moved one step earlier:
+    BAdam switches after step s when (s + 1) % K == 0, so its first block trains K - 1 steps
+    (block_optim.py:225-226). Its 12 steps therefore span 7 blocks (1 + 5 * 2 + 1 steps): the
+    cycle is generated for one step more than the job runs, so that step 12 trains the 7th.
+    """
     import tomllib
 
     from titan_phases.cli import main
-    from titan_phases.schedule.toml_writer import dumps
+    from titan_phases.config.toml_writer import dumps
 
     generated = tmp_path / f"{order}.toml"
-    assert main(["generate", "--out", str(generated), "--job.config_file", str(BADAM / "job.toml"),
-                 "--phases.cycle.enable", "--phases.cycle.order", order,
-                 "--phases.cycle.steps_per_phase", "2"]) == 0
+    assert main([
+        "generate", "--out", str(generated), "--job.config_file", str(BADAM / "job.toml"),
+        "--phases.cycle.enable", "--phases.cycle.order", order,
+        "--phases.cycle.steps_per_phase", str(fixture["block_optimizer"]["switch_block_every"]),
+        "--training.steps", str(len(fixture["steps"]) + 1),
+    ]) == 0
     phases = tomllib.loads(generated.read_text())
     for phase in phases.values():
         if "max_transition_step" in phase:
             phase["max_transition_step"] -= 1
     shifted = tmp_path / f"{order}_badam.toml"
     shifted.write_text(dumps(phases))
-    return shifted
+    register_train_specs()
+    schedule = load_and_validate(parse_job_config([
+        "--job.config_file", str(BADAM / "job.toml"), "--phases.schedule_file", str(shifted),
+    ]))
+    return shifted, schedule
 
 
 @pytest.mark.parametrize("order", ["descending", "ascending"])
 def test_the_cycle_reproduces_badam_1_4_step_by_step(
     order: str, initial_weights: Path, embedded_assets: Path, tmp_path: Path
 ):
-    import hashlib
-
-    fixture = json.loads((BADAM / f"{order}.json").read_text())
-    tokenizer = (embedded_assets / "tokenizer" / "tokenizer.json").read_bytes()
-    assert hashlib.sha256(tokenizer).hexdigest() == fixture["tokenizer_sha256"], (
-        "another tokenizer than the recording's: the batches differ; rerun "
-        "scripts/record_badam_losses.py"
-    )
+    fixture = badam_fixture(f"{order}.json", embedded_assets)
     # BAdam's defaults, as recorded: no embeddings, no head, no always-active modules.
     assert fixture["block_optimizer"]["active_modules"] == []
+    schedule_file, schedule = badam_cycle(order, fixture, tmp_path)
     run = run_job(tmp_path / "run", *from_initial(initial_weights),
-                  "--phases.schedule_file", str(_badam_schedule(order, tmp_path)),
+                  "--phases.schedule_file", str(schedule_file),
                   config=BADAM / "job.toml", nproc=1)
     assert run.returncode == 0, run.failure()
     records = {r["step"]: r for r in run.records()}
@@ -226,6 +244,8 @@ def test_the_cycle_reproduces_badam_1_4_step_by_step(
     for expected in fixture["steps"]:
         got = records[expected["step"]]
         worst = max(worst, abs(got["loss"] - expected["loss"]) / abs(expected["loss"]))
+        trained = _blocks(schedule.trainable_params(got["phase"]))
+        assert trained == {expected["active_block"].rstrip(".")}, expected["step"]
         # One group trains (the active block's); BAdam's second group is empty.
         assert got["lr"] == [expected["param_groups"][0]["lr"]], expected["step"]
         assert got["optimizer_state_bytes"] == [expected["optimizer_state_bytes"]]

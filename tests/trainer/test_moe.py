@@ -106,10 +106,13 @@ def test_the_expert_bias_follows_stock_torchtitan_while_the_same_params_train(
     from titan_phases.config.toml_writer import dumps
 
     tables = tomllib.loads(MOE_JOB.read_text())
+    del tables["phases"]  # a stock model with [phases] settings is refused: they would be ignored
+    without_phases = tmp_path / "stock.toml"
+    without_phases.write_text(dumps(tables))
     tables["phases"] = {"schedule": {"0": {"params": [".+"]}}}
     one_phase = tmp_path / "one_phase.toml"
     one_phase.write_text(dumps(tables))
-    stock = run_job(tmp_path / "stock", *EP2, "--model.name", "deepseek_v3", config=one_phase)
+    stock = run_job(tmp_path / "stock", *EP2, "--model.name", "deepseek_v3", config=without_phases)
     phased = run_job(tmp_path / "phased", *EP2, config=one_phase)
     for run in (stock, phased):
         assert run.returncode == 0, run.failure()
