@@ -1,13 +1,19 @@
-"""Stop a phased job in every way it can stop (SIGKILL at chosen steps, a full disk, SIGTERM),
-restart it in the same folder, and compare with the run that never stopped; resume from a
-damaged or torn checkpoint folder and on another number of ranks; refuse a checkpoint the job
-cannot resume, in the start check and on every rank."""
+"""Stop a phased job in every way it can stop (Ctrl-C once and twice, SIGKILL at chosen steps, a
+full disk, SIGTERM), restart it in the same folder, and compare with the run that never stopped;
+resume from a damaged or torn checkpoint folder and on another number of ranks; refuse a
+checkpoint the job cannot resume, in the start check and on every rank."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,11 +41,87 @@ def test_uninterrupted_run_goes_through_every_phase(uninterrupted: JobResult):
     assert "Phase 1 -> 2 after step 8" in uninterrupted.output
 
 
-def test_kills_a_full_disk_and_sigterm_in_one_folder_each_restart_continuing_bitwise(
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # it has just ended
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
+def _signals(pid: int, field: str) -> set[signal.Signals]:
+    """A signal set of ``/proc/<pid>/status``: ``SigCgt`` (those it handles), ``ShdPnd`` (those
+    sent to it and not taken yet)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return set()
+    mask = int(next(line for line in status.splitlines() if line.startswith(field)).split()[1],
+               16)
+    return {s for s in signal.Signals if mask >> (s - 1) & 1}
+
+
+@contextlib.contextmanager
+def _ctrl_c(dump: Path, presses: int) -> Iterator[list[signal.Signals]]:
+    """Press Ctrl-C ``presses`` times at the job ``run_job`` starts in ``dump``, as soon as its
+    ranks handle it; yields what torchrun passed on to them for each press.
+
+    A terminal sends SIGINT to its foreground process group: here torchrun alone (with
+    ``run_train.sh``, its bash too). torchrun starts each rank in a session of its own, so only
+    what torchrun sends reaches them. The ranks handle Ctrl-C from when they handle SIGTERM
+    (StepGuard); before that, Python's KeyboardInterrupt would end them. So that every press
+    finds the first step in progress, as it would on a real model, the ranks are paused
+    (SIGSTOP) until torchrun has passed each press on to both of them.
+    """
+    passed_on: list[signal.Signals] = []
+    failures: list[str] = []
+
+    def press() -> None:
+        deadline = time.monotonic() + 240
+        ranks: list[int] = []
+        while len(ranks) != 2 or any(signal.SIGTERM not in _signals(r, "SigCgt") for r in ranks):
+            if time.monotonic() > deadline:
+                failures.append("the ranks never handled SIGTERM")
+                return
+            time.sleep(0.005)
+            launchers = [pid for pid in _children(os.getpid()) if str(dump) in _cmdline(pid)]
+            ranks = _children(launchers[0]) if launchers else []
+        for rank in ranks:
+            os.kill(rank, signal.SIGSTOP)
+        try:
+            for _ in range(presses):
+                seen = _signals(ranks[0], "ShdPnd")
+                os.kill(launchers[0], signal.SIGINT)
+                while any(_signals(r, "ShdPnd") <= seen for r in ranks):
+                    if time.monotonic() > deadline:
+                        failures.append(f"torchrun passed on {passed_on}, then nothing")
+                        return
+                    time.sleep(0.005)
+                passed_on.extend(_signals(ranks[0], "ShdPnd") - seen)
+        finally:
+            for rank in ranks:
+                os.kill(rank, signal.SIGCONT)
+
+    thread = threading.Thread(target=press)
+    thread.start()
+    try:
+        yield passed_on
+    finally:
+        thread.join()
+    assert not failures, failures
+
+
+def test_ctrl_c_kills_a_full_disk_and_sigterm_in_one_folder_each_restart_continuing_bitwise(
     uninterrupted: JobResult, initial_weights: Path, tmp_path: Path
 ):
-    # One job, stopped five times in one folder; every start but the SIGTERM one runs the same
-    # command.
+    # One job, stopped seven times in one folder; every start but the Ctrl-C and SIGTERM ones
+    # runs the same command.
     dump = tmp_path / "run"
     command = (*from_initial(initial_weights), *EVERY_STEP)
     reference = uninterrupted.losses()
@@ -57,15 +139,43 @@ def test_kills_a_full_disk_and_sigterm_in_one_folder_each_restart_continuing_bit
         assert validation == {s: reference_validation[s] for s in validation}
         return set(validation)
 
+    # Ctrl-C, pressed once and then twice in a later start (interval checkpoints off: what the
+    # next start resumes was saved because of Ctrl-C). The second press, while torchrun waits
+    # for the ranks to finish the step, makes torchrun send them SIGTERM: they save the step
+    # once, as Ctrl-C asked first.
+    def assert_stopped_by_ctrl_c(run: JobResult, first: int) -> int:
+        """``run`` trained steps ``first``.. until Ctrl-C stopped it after saving the step it
+        was in, without a traceback on any rank; returns that step."""
+        (end,) = run.records("end")
+        assert end["reason"] == "interrupted (SIGINT)", run.failure()
+        saved = end["step"]
+        said = f"titan_phases: Ctrl-C (SIGINT) received: saved a full checkpoint after step {saved}"
+        assert run.output.count(said) == 2, run.failure()  # both ranks agree
+        assert (dump / "checkpoint" / f"step-{saved}" / ".metadata").is_file()
+        assert "KeyboardInterrupt" not in run.output
+        # Every traceback is torchrun's own, for the signal it passed on.
+        assert run.output.count("Traceback (most recent") == run.output.count(
+            "SignalException: Process"), run.failure()
+        assert_continues_the_reference(run, first, saved)
+        return saved
+
+    ctrl_c = (*from_initial(initial_weights), "--checkpoint.interval", "100")
+    with _ctrl_c(dump, presses=1) as passed_on:
+        once = run_job(dump, *ctrl_c)
+    assert passed_on == [signal.SIGINT] and once.returncode != 0
+    resumed_from = [None, assert_stopped_by_ctrl_c(once, 1)]  # what each start resumed
+    with _ctrl_c(dump, presses=2) as passed_on:
+        twice = run_job(dump, *ctrl_c)
+    assert passed_on == [signal.SIGINT, signal.SIGTERM] and twice.returncode != 0
+    resumed_from.append(assert_stopped_by_ctrl_c(twice, resumed_from[-1] + 1))
+
     # Phase 0 ends after step 4 (max_transition_step). Killed while logging step K, the job
     # restarts from the checkpoint of step K - 1: at the transition step, one step after it
     # and mid-phase.
-    resumed_from = [None]  # what each start resumed
     for kill_after_step in (5, 6, 7):
         killed = run_job(dump, *command, kill_after_step=kill_after_step)
         assert killed.returncode != 0, "the job should have been killed"
-        start = resumed_from[-1]
-        assert_continues_the_reference(killed, 1 if start is None else start + 1, kill_after_step)
+        assert_continues_the_reference(killed, resumed_from[-1] + 1, kill_after_step)
         resumed_from.append(kill_after_step - 1)
 
     # Rank 1 runs out of space half-way through writing step 7.

@@ -1,16 +1,26 @@
 """What every rank must agree on after a step: a non-finite loss, and a request to stop.
 
 A NaN or infinite loss on one rank poisons every rank's weights (gradients are reduced across
-ranks), and a SIGTERM, which schedulers send before preempting a job, may reach some ranks
-before others. Both need one decision on every rank, taken after the step has trained and
-before its checkpoint is saved, so :meth:`StepGuard.after_step` exchanges two numbers with a
-single all-reduce.
+ranks), and a stop signal may reach some ranks before others: SIGTERM, which schedulers send
+before preempting a job, and SIGINT, which torchrun sends every rank when the user presses
+Ctrl-C (the terminal signals torchrun; torchrun starts each rank in a session of its own, so
+only torchrun's signal reaches them). Both need one decision on every rank, taken after the
+step has trained and before its checkpoint is saved, so :meth:`StepGuard.after_step` exchanges
+two numbers with a single all-reduce. A stop saves the step in full and ends with the signal's
+own exit code (:data:`~titan_phases.runtime.process_exit.EXIT_PREEMPTED`,
+:data:`~titan_phases.runtime.process_exit.EXIT_INTERRUPTED`), without a traceback.
+
+A second Ctrl-C changes nothing on the ranks: torchrun, still waiting for them after the first,
+then sends them SIGTERM, which only asks for the same stop again. Ranks that got different
+signals agree on SIGTERM (a preemption outranks a user's interrupt).
 
 **Limitations**
 One all-reduce of two numbers per step; on a GPU its result is read on the host, so each step
-synchronises with the device once more. The SIGTERM handler is installed from the main thread
-and only sets a flag: a rank blocked in a collective sees it after the collective returns, and
-torchrun's grace period (30 s by default) must cover finishing the step and saving.
+synchronises with the device once more. The handlers are installed from the main thread, when
+the guard is built (after the model, the optimizer and the checkpoint are set up; a signal
+before that ends the rank as Python would), and only set a flag: a rank blocked in a collective
+sees it after the collective returns, and torchrun's grace period (30 s by default, then
+SIGKILL) must cover finishing the step and saving.
 """
 
 from __future__ import annotations
@@ -26,19 +36,31 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from titan_phases.runtime.process_exit import EXIT_DIVERGED, EXIT_PREEMPTED
+from titan_phases.runtime.process_exit import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED
 
-__all__ = ["StepGuard", "StepVerdict", "TrainingDiverged", "TrainingPreempted", "TrainingStopped"]
+__all__ = [
+    "StepGuard", "StepVerdict", "TrainingDiverged", "TrainingInterrupted", "TrainingPreempted",
+    "TrainingStopped",
+]
 
 logger = logging.getLogger(__name__)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""The signals that stop training after the step in progress."""
 
 
 @dataclass(frozen=True)
 class StepVerdict:
     diverged: bool
     """Some rank saw a non-finite loss in the step."""
-    stop_requested: bool
-    """Some rank received SIGTERM."""
+    stop_signal: signal.Signals | None
+    """What asked to stop: SIGTERM if it was the first stop signal of some rank, else SIGINT;
+    None when no rank received one."""
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_signal is not None
 
 
 class TrainingStopped(BaseException):
@@ -63,7 +85,11 @@ class TrainingDiverged(TrainingStopped):
 
 
 class TrainingPreempted(TrainingStopped):
+    """SIGTERM: stopped after a step, saved in full."""
+
     exit_code = EXIT_PREEMPTED
+    received = "SIGTERM received"
+    end_reason = "preempted (SIGTERM)"
 
     def __init__(self, step: int, checkpoint: str | None) -> None:
         saved = (
@@ -71,7 +97,15 @@ class TrainingPreempted(TrainingStopped):
             if checkpoint is not None
             else f"stopped after step {step}; checkpointing is off, so nothing was saved"
         )
-        super().__init__(f"SIGTERM received: {saved}. Run the same command again to continue")
+        super().__init__(f"{self.received}: {saved}. Run the same command again to continue")
+
+
+class TrainingInterrupted(TrainingPreempted):
+    """SIGINT (Ctrl-C): stopped after a step, saved in full, as for SIGTERM."""
+
+    exit_code = EXIT_INTERRUPTED
+    received = "Ctrl-C (SIGINT) received"
+    end_reason = "interrupted (SIGINT)"
 
 
 class StepGuard:
@@ -80,17 +114,20 @@ class StepGuard:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        self._stop_requested = False
+        self._stop_signal = 0
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self._on_stop_signal)
 
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        del signum, frame
-        self._stop_requested = True
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        self.request_stop(signal.Signals(signum))
 
-    def request_stop(self) -> None:
-        """Ask every rank to stop after the current step (what SIGTERM does)."""
-        self._stop_requested = True
+    def request_stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
+        """Ask every rank to stop after the current step, as ``signum`` (one of
+        :data:`STOP_SIGNALS`) does; a rank's first request is the one it reports."""
+        if not self._stop_signal:
+            self._stop_signal = int(signum)
 
     def observe_loss(self, loss: torch.Tensor) -> None:
         """Note one microbatch's loss (no host synchronisation).
@@ -106,17 +143,19 @@ class StepGuard:
 
     def after_step(self) -> StepVerdict:
         """Agree with every rank on what happened in the step; call on every rank."""
+        # The largest signal number wins the MAX: SIGTERM (15) over SIGINT (2).
         flags = torch.stack(
             [
                 self._nonfinite.to(torch.float32),
-                torch.tensor(float(self._stop_requested), device=self.device),
+                torch.tensor(float(self._stop_signal), device=self.device),
             ]
         )
         if dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        diverged, stop = (bool(v) for v in flags.tolist())
-        return StepVerdict(diverged=diverged, stop_requested=stop)
+        diverged, stop = flags.tolist()
+        return StepVerdict(diverged=bool(diverged),
+                           stop_signal=signal.Signals(int(stop)) if stop else None)
 
     def settle(
         self,
@@ -130,7 +169,8 @@ class StepGuard:
 
         A non-finite loss raises :class:`TrainingDiverged` before anything is saved (with
         ``nonfinite_loss == "stop"``; "warn" logs it); a stop request saves the step in full and
-        raises :class:`TrainingPreempted`. ``log_end`` records the reason first.
+        raises :class:`TrainingPreempted` (SIGTERM) or :class:`TrainingInterrupted` (SIGINT).
+        ``log_end`` records the reason first.
         """
         verdict = self.after_step()
         if verdict.diverged:
@@ -139,7 +179,9 @@ class StepGuard:
                 log_end(f"diverged: {what}")
                 raise TrainingDiverged(what, step)
             logger.warning("%s; training goes on (phases.nonfinite_loss = 'warn')", what)
-        if verdict.stop_requested:
+        if verdict.stop_signal is not None:
+            stop = (TrainingInterrupted if verdict.stop_signal == signal.SIGINT
+                    else TrainingPreempted)
             saved = save_full_checkpoint()
-            log_end("preempted (SIGTERM)")
-            raise TrainingPreempted(step, saved)
+            log_end(stop.end_reason)
+            raise stop(step, saved)

@@ -46,6 +46,12 @@ EXIT_PREEMPTED = 75
 """SIGTERM: the step in progress was finished and saved in full; rerun the same command to
 continue. 75 is EX_TEMPFAIL of BSD's sysexits, "try again later"."""
 
+EXIT_INTERRUPTED = 130
+"""SIGINT (Ctrl-C, which torchrun passes on to every rank): the step in progress was finished
+and saved in full, as for SIGTERM; rerun the same command to continue. 130 is 128 + SIGINT,
+what shells report for a command ended by Ctrl-C; unlike 75 it does not ask a scheduler to run
+the job again."""
+
 
 def exit_process(code: int) -> NoReturn:
     """Exit with ``code`` after the program's own exit work, skipping interpreter finalization."""
