@@ -11,7 +11,7 @@ import torch
 
 from titan_phases.schedule import load_and_validate
 
-from .conftest import make_job
+from .conftest import find_problem, make_job, problems_of
 
 SCHEDULE = {
     "0": {"params": ["output.weight", "norm.weight"], "max_transition_step": 100},
@@ -138,3 +138,19 @@ def test_apply_lambdas_new_pgs_reaches_the_resolved_schedule():
     assert load_and_validate(make_job(SCHEDULE)).apply_lambdas_new_pgs is True
     off = load_and_validate(make_job(SCHEDULE, apply_lambdas_new_pgs=False))
     assert off.apply_lambdas_new_pgs is False
+
+
+def test_a_head_tied_to_the_embeddings_is_resolved_through_the_models_ties():
+    # torchtitan's qwen3 debug model ties output.weight to tok_embeddings.weight, which is the
+    # name named_parameters() lists.
+    generated = make_job(blocks_per_phase=4)
+    generated.model.name = "qwen3"
+    resolved = load_and_validate(generated)
+    assert resolved.phase_params[0] == ("tok_embeddings.weight", "norm.weight")
+    assert [w.message for w in resolved.warnings if w.key == "params"] == [
+        "output.weight is tied to tok_embeddings.weight (one parameter under both names): "
+        "thawed here, in the first phase either name falls in, as tok_embeddings.weight"]
+    written = make_job({"0": {"params": ["output.weight", "norm.weight"]}})
+    written.model.name = "qwen3"
+    problem = find_problem(problems_of(written), 0, "params[0]")
+    assert problem.hint.startswith("output.weight is tied to tok_embeddings.weight")

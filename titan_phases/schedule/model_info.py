@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+from dataclasses import dataclass
 
 import torch
 from torchtitan.config import JobConfig
@@ -69,13 +70,47 @@ def meta_model(job_config: JobConfig, source: str = "job config") -> torch.nn.Mo
         return train_spec.model_cls(model_args)
 
 
+@dataclass(frozen=True)
+class ModelParams:
+    """The names and sizes of a model's parameters."""
+
+    numels: dict[str, int]
+    """``{canonical name: number of elements}`` in ``named_parameters()`` order, each parameter
+    once, by the name it was registered under first."""
+    all_names: list[str]
+    """Every canonical name of every parameter in registration order, a tied parameter under
+    each of its names (``named_parameters(remove_duplicate=False)``)."""
+    tied: dict[str, str]
+    """``{another name of a tied parameter: the name numels lists it by}``, such as a head tied
+    to the embeddings (``output.weight`` -> ``tok_embeddings.weight``)."""
+
+
+def model_params(job_config: JobConfig, source: str = "job config") -> ModelParams:
+    """The parameters of the job's model, from the model built on the meta device.
+
+    Raises ScheduleError as :func:`meta_model` does.
+    """
+    model = meta_model(job_config, source)
+    numels: dict[str, int] = {}
+    listed_as: dict[int, str] = {}
+    all_names: list[str] = []
+    tied: dict[str, str] = {}
+    for raw_name, param in model.named_parameters(remove_duplicate=False):
+        name = canonical_param_name(raw_name)
+        all_names.append(name)
+        if id(param) in listed_as:
+            tied[name] = listed_as[id(param)]
+        else:
+            listed_as[id(param)] = name
+            numels[name] = param.numel()
+    logger.debug("%s %s on meta: %d parameter tensors", job_config.model.name,
+                 job_config.model.flavor, len(numels))
+    return ModelParams(numels, all_names, tied)
+
+
 def model_param_numels(job_config: JobConfig, source: str = "job config") -> dict[str, int]:
     """``{canonical parameter name: number of elements}`` in ``named_parameters()`` order.
 
     Raises ScheduleError as :func:`meta_model` does.
     """
-    model = meta_model(job_config, source)
-    numels = {canonical_param_name(n): p.numel() for n, p in model.named_parameters()}
-    logger.debug("%s %s on meta: %d parameter tensors", job_config.model.name,
-                 job_config.model.flavor, len(numels))
-    return numels
+    return model_params(job_config, source).numels

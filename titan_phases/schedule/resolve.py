@@ -27,7 +27,7 @@ from .errors import Problem, Problems, ScheduleError
 from .generation import generate_schedule
 from .loading import parse_schedule, read_schedule_file, resolve_schedule_path
 from .matching import match_phase_params, select_params
-from .model_info import model_param_numels
+from .model_info import model_params, ModelParams
 from .schema import LRSchedulerInit, OptimizerInit, Phase, running_phase_count
 from .validation import (
     check_implicit_reinits,
@@ -449,14 +449,15 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
     config_source = _config_source(job_config, config_path)
     explicit, raw, source = load_schedule_source(job_config, config_path, problems)
     settings = check_settings(cfg, job_config, config_source, problems, explicit=explicit)
-    numels: dict[str, int] | None = None
+    params: ModelParams | None = None
     try:
-        numels = model_param_numels(job_config, config_source)
+        params = model_params(job_config, config_source)
     except ScheduleError as e:
         problems.errors.extend(e.problems)
     # Go on past broken settings where the phases can still be checked; stop where they cannot.
-    if numels is None or (explicit and raw is None):
+    if params is None or (explicit and raw is None):
         problems.raise_if_any()
+    numels, tied = params.numels, params.tied
     generation_keys = ("blocks_per_phase", "steps_per_phase", "max_depth", "transition_mode",
                        "reinit_optimizer", "reinit_lr_scheduler", "base_max_lr")
     if not explicit and settings.invalid.intersection(generation_keys):
@@ -470,24 +471,24 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
     elif cfg.cycle.enable:
         max_depth = -1
         always_train = select_params(cfg.cycle.always_train, numels, config_source,
-                                     "phases.cycle.always_train", problems)
+                                     "phases.cycle.always_train", problems, tied)
         cycle = generate_cycle(list(numels), cfg.cycle, always_train, job_config.training.steps,
                                f"cycle generated from {config_source}", problems)
         problems.raise_if_any()
         schedule = cycle.schedule
     else:
         schedule = generate_schedule(
-            list(numels), blocks_per_phase=cfg.blocks_per_phase, max_depth=max_depth,
+            params.all_names, blocks_per_phase=cfg.blocks_per_phase, max_depth=max_depth,
             transition_mode=mode, training_steps=job_config.training.steps,
             steps_per_phase=cfg.steps_per_phase, reinit_optimizer=settings.reinit_optimizer,
             reinit_lr_scheduler=settings.reinit_lr_scheduler,
-            base_max_lr=cfg.base_max_lr,
+            base_max_lr=cfg.base_max_lr, tied=tied,
             source=source, problems=problems,
         )
     n_running = running_phase_count(len(schedule.phases), max_depth)
 
     check_phase_zero(schedule, problems)
-    matched = match_phase_params(schedule, numels, problems)
+    matched = match_phase_params(schedule, numels, problems, tied)
     if explicit:
         if "transition_mode" not in settings.invalid:
             check_transitions(schedule, n_running, mode, job_config.training.steps, problems)
