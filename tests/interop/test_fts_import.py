@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -365,15 +366,21 @@ def test_offset_decays_in_a_phase_of_known_length_become_milestones():
                for n in result.notes)
 
 
-def test_cli_converts_against_the_jobs_names_and_lists_looser_matches(tmp_path, capsys):
-    job = tmp_path / "job.toml"
+def _import_against_debug_job(fts: Path, out: Path) -> int:
+    """``titan-phases import-fts`` of ``fts`` into ``out``, validated against a llama3
+    debugmodel job of 400 steps at 10 steps per epoch; returns the exit code."""
+    job = fts.parent / "job.toml"
     job.write_text('[model]\nname = "llama3"\nflavor = "debugmodel"\n[training]\nsteps = 400\n')
+    return main(["import-fts", str(fts), "--out", str(out), "--steps-per-epoch", "10",
+                 "--strip-prefix", "--job.config_file", str(job)])
+
+
+def test_cli_converts_against_the_jobs_names_and_lists_looser_matches(tmp_path, capsys):
     fts = tmp_path / "fts.yaml"
     fts.write_text("0: {params: [model.output.weight, model.norm.weight, model.layers.5.attention],"
                    " max_transition_epoch: 1}\n1: {params: [model.layers.4]}\n")
     out = tmp_path / "schedule.toml"
-    assert main(["import-fts", str(fts), "--out", str(out), "--steps-per-epoch", "10",
-                 "--strip-prefix", "--job.config_file", str(job)]) == 0
+    assert _import_against_debug_job(fts, out) == 0
     _, err = capsys.readouterr()
     # FTS's 'layers.5.attention' also selects layers.5.attention_norm.weight.
     assert ("params[2] 'layers.5.attention': FTS matches it at the start of names, so it also "
@@ -384,22 +391,18 @@ def test_cli_converts_against_the_jobs_names_and_lists_looser_matches(tmp_path, 
 
 
 def test_cli_writes_nothing_when_the_converted_schedule_fails_against_the_job(tmp_path, capsys):
-    job = tmp_path / "job.toml"
-    job.write_text('[model]\nname = "llama3"\nflavor = "debugmodel"\n[training]\nsteps = 400\n')
     fts = tmp_path / "fts.yaml"
     fts.write_text("0: {params: [model.output.weight], max_transition_epoch: 1}\n"
                    "1: {params: ['model.layers.9.*']}\n")
     out = tmp_path / "schedule.toml"
-    assert main(["import-fts", str(fts), "--out", str(out), "--steps-per-epoch", "10",
-                 "--strip-prefix", "--job.config_file", str(job)]) == 2
+    assert _import_against_debug_job(fts, out) == 2
     _, err = capsys.readouterr()
     assert f"invalid imported schedule, {out} not written (1 problem)" in err
     assert f"{out}: phase 1: params[0]: 'layers.9.*' matches no parameter" in err
     assert not out.exists()
     # Fixed, it is written and validated in one go.
     fts.write_text(fts.read_text().replace("layers.9", "layers.5"))
-    assert main(["import-fts", str(fts), "--out", str(out), "--steps-per-epoch", "10",
-                 "--strip-prefix", "--job.config_file", str(job)]) == 0
+    assert _import_against_debug_job(fts, out) == 0
     out_text, err = capsys.readouterr()
     assert f"OK: 2 phase(s), explicit schedule ({out})" in out_text
     assert tomllib.loads(out.read_text())["1"]["params"] == ["layers.5.*"]
