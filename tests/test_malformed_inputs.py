@@ -371,6 +371,11 @@ CASES = [
          edits=(set_("1.params", [r"Layers\.5\..+"]),)),
     Case("params-name-matches-nothing", ("phase 3: params[1]", "tok_embeddings.weight"),
          edits=(set_("3.params", [r"layers\.[0-2]\..+", "tok_embedding.weight"]),)),
+    # qwen3's debug model ties its head to the embeddings, which the model lists instead.
+    Case("params-tied-head-by-its-other-name",
+         ("phase 0: params[0]", "output.weight is tied to tok_embeddings.weight",
+          "name 'tok_embeddings.weight'"),
+         edits=(job_set("model.name", "qwen3_phases"),)),
     Case("params-overlap-between-phases", ("phase 2: params[0]", "already in phase 1"),
          edits=(set_("2.params", [r"layers\.[3-5]\..+"]),)),
     Case("params-duplicate-pattern", ("phase 2: params[1]", "also params[0]"),
