@@ -147,6 +147,8 @@ def test_a_head_tied_to_the_embeddings_is_resolved_through_the_models_ties():
     generated.model.name = "qwen3"
     resolved = load_and_validate(generated)
     assert resolved.phase_params[0] == ("tok_embeddings.weight", "norm.weight")
+    (fsdp,) = [w for w in resolved.warnings if w.key == "parallelism.data_parallel_shard_degree"]
+    assert "ties output.weight to tok_embeddings.weight" in fsdp.message
     assert [w.message for w in resolved.warnings if w.key == "params"] == [
         "output.weight is tied to tok_embeddings.weight (one parameter under both names): "
         "thawed here, in the first phase either name falls in, as tok_embeddings.weight"]
@@ -154,3 +156,8 @@ def test_a_head_tied_to_the_embeddings_is_resolved_through_the_models_ties():
     written.model.name = "qwen3"
     problem = find_problem(problems_of(written), 0, "params[0]")
     assert problem.hint.startswith("output.weight is tied to tok_embeddings.weight")
+    one_shard = make_job(blocks_per_phase=4)
+    one_shard.model.name = "qwen3"
+    one_shard.parallelism.data_parallel_shard_degree = 1
+    assert not [w for w in load_and_validate(one_shard).warnings
+                if w.key.startswith("parallelism")]

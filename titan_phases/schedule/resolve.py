@@ -458,6 +458,16 @@ def load_and_validate(job_config: JobConfig, config_path: str | None = None) -> 
     if params is None or (explicit and raw is None):
         problems.raise_if_any()
     numels, tied = params.numels, params.tied
+    if tied and job_config.parallelism.data_parallel_shard_degree != 1:
+        problems.warn(
+            config_source, None, "parallelism.data_parallel_shard_degree",
+            f"{job_config.model.name} {job_config.model.flavor} ties "
+            + ", ".join(f"{a} to {n}" for a, n in tied.items())
+            + ": torchtitan 0.2.2 shards them in separate FSDP groups, which torch's FSDP2 "
+            "refuses at the first step when there is more than one shard",
+            "train it on one data-parallel shard (data_parallel_shard_degree = 1; one rank "
+            "trains), or choose a flavor without weight tying",
+        )
     generation_keys = ("blocks_per_phase", "steps_per_phase", "max_depth", "transition_mode",
                        "reinit_optimizer", "reinit_lr_scheduler", "base_max_lr")
     if not explicit and settings.invalid.intersection(generation_keys):
