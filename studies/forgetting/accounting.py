@@ -57,11 +57,6 @@ def step_costs(
     return StepCosts(tuple(full_step * r for r in ratios), ratios)
 
 
-def train_records(metrics: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
-    """``{step: train record}``; the last record of a step wins (metrics.jsonl's rule)."""
-    return {r["step"]: r for r in metrics if r["type"] == "train"}
-
-
 def cumulative(per_step: Mapping[int, float], points: Sequence[int]) -> list[float]:
     """The running sum of ``per_step`` (steps 1..) at each point (0 at step 0).
 

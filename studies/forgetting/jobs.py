@@ -27,10 +27,10 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
 
 from studies.forgetting.settings import Settings
 from studies.forgetting.strategies import DEFAULT_JOB
+from titan_phases.components.metrics_file import Metrics
 from titan_phases.components.metrics_file import read_metrics as read_metrics_file
 from titan_phases.config.toml_writer import dumps
 
@@ -130,6 +130,7 @@ def run(args: list[str], log_path: Path, timeout: float = 1200) -> float:
     return time.monotonic() - start
 
 
-def read_metrics(dump: Path) -> list[dict[str, Any]]:
-    """The job's ``metrics.jsonl`` records in file order (a job runs once into its folder)."""
-    return list(read_metrics_file(dump).records)
+def read_metrics(dump: Path) -> Metrics:
+    """The job's ``metrics.jsonl``, read by titan_phases' rule (a job runs once into its
+    folder)."""
+    return read_metrics_file(dump)

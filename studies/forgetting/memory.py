@@ -15,14 +15,12 @@ communication buffers and the allocator's slack are in neither number.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from studies.forgetting.jobs import NPROC, REPO
+from studies.forgetting.jobs import NPROC
+from titan_phases.schedule import ResolvedSchedule
 
 KINDS = ("params", "masters", "grads", "optimizer_state")
 """The quantities, as ``plan --json`` names them."""
@@ -59,26 +57,16 @@ def measured(records: Mapping[int, Mapping[str, Any]]) -> Held:
     return held
 
 
-def plan_command(job_args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "titan_phases.cli", "plan", "--json", "--world-size",
-            str(NPROC), *job_args]
+def plan(job_config: Any, resolved: ResolvedSchedule, json_path: Path) -> dict[str, Any]:
+    """What ``titan-phases plan --json --world-size 2`` prints for the job (kept in
+    ``json_path``): the same plan, built in this process from the job config and schedule
+    ``titan_phases.cli.common.resolve_job`` gives, as the command does."""
+    from titan_phases.plan import build_plan
 
-
-def plan(job_args: Sequence[str], json_path: Path) -> dict[str, Any]:
-    """``titan-phases plan --json`` of a job (its output kept in ``json_path``).
-
-    Raises:
-        RuntimeError: plan failed; the message holds its error output.
-    """
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(plan_command(job_args), cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"titan-phases plan failed (exit {proc.returncode}):\n"
-                           f"{proc.stderr[-3000:]}")
+    text = json.dumps(build_plan(job_config, resolved, NPROC).as_json(), indent=2)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(proc.stdout)
-    return json.loads(proc.stdout)
+    json_path.write_text(text + "\n")
+    return json.loads(text)
 
 
 def planned(plan_json: Mapping[str, Any]) -> Held:

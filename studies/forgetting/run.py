@@ -40,9 +40,10 @@ from studies.forgetting import accounting, aggregate, corpus, jobs, memory, plot
 from studies.forgetting.evaluate import cross_check, Evaluator
 from studies.forgetting.settings import QUICK, Settings
 from studies.forgetting.strategies import strategies, Strategy
+from titan_phases.cli.common import resolve_job
 from titan_phases.config import parse_job_config
 from titan_phases.data.assets import ensure_assets, tokenizer_dir
-from titan_phases.schedule import load_and_validate
+from titan_phases.schedule import ResolvedSchedule
 from titan_phases.train_spec import register_train_specs
 
 RESULTS_FILE = "results.json"
@@ -56,11 +57,8 @@ def log(message: str) -> None:
     print(f"[study] {message}", file=sys.stderr, flush=True)
 
 
-def step_costs(job_args: list[str]) -> accounting.StepCosts:
+def step_costs(job_config: Any, resolved: ResolvedSchedule) -> accounting.StepCosts:
     """FLOPs per step of each phase of the job, from the schedule the job itself resolves."""
-    register_train_specs()
-    job_config = parse_job_config(job_args)
-    resolved = load_and_validate(job_config)
     model_args = copy.deepcopy(get_train_spec(job_config.model.name)
                                .model_args[job_config.model.flavor])
     model_args.update_from_config(job_config)
@@ -71,11 +69,6 @@ def step_costs(job_args: list[str]) -> accounting.StepCosts:
         tokens_per_step=training.local_batch_size * training.seq_len * jobs.NPROC,
         dim=model_args.dim, seq_len=training.seq_len,
     )
-
-
-def logged_validation(metrics: list[dict[str, Any]]) -> dict[int, float]:
-    """``{step: validation loss}`` the job logged (the last record of a step wins)."""
-    return {r["step"]: r["loss"] for r in metrics if r["type"] == "validation"}
 
 
 class Study:
@@ -119,12 +112,14 @@ class Study:
         args = self.job_args(strategy, seed, dump, debug_seed)
         wall = jobs.run(args, dump.with_suffix(".log"))
         metrics = jobs.read_metrics(dump)
-        logged = logged_validation(metrics)
-        records = accounting.train_records(metrics)
+        logged = {step: r["loss"] for step, r in metrics.validation.items()}
+        records = metrics.train
         if strategy.name not in self.costs:
-            self.costs[strategy.name] = step_costs(args)
+            register_train_specs()
+            job_config, resolved = resolve_job(args)
+            self.costs[strategy.name] = step_costs(job_config, resolved)
             self.plans[strategy.name] = memory.plan(
-                args, self.out / "plans" / f"{strategy.name}.json")
+                job_config, resolved, self.out / "plans" / f"{strategy.name}.json")
         held = memory.measured(records)
         checked = memory.check(held, self.plans[strategy.name], label)
         storage = getattr(torch, strategy.storage_dtype)
@@ -159,7 +154,7 @@ class Study:
             "train_loss": {str(s): r["loss"] for s, r in sorted(records.items())},
             "validation_logged": {str(s): v for s, v in sorted(logged.items())},
             "transitions": [{k: r[k] for k in ("step", "from_phase", "to_phase", "reason")}
-                            for r in metrics if r["type"] == "transition"],
+                            for r in metrics.transitions.values()],
         }
 
     def run(self) -> dict[str, Any]:

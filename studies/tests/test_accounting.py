@@ -9,8 +9,8 @@ from studies.forgetting.accounting import (
     cumulative_flops,
     cumulative_time,
     step_costs,
-    train_records,
 )
+from titan_phases.components.metrics_file import Metrics
 
 # Embeddings (a lookup: no FLOPs), two blocks, the head.
 NUMELS = {"tok_embeddings.weight": 100, "layers.0.w": 10, "layers.1.w": 10, "output.weight": 5}
@@ -39,7 +39,7 @@ def test_cumulative_charges_each_step_to_its_phase() -> None:
         {"type": "train", "step": 4, "phase": 1, "step_time_s": 1.5},
         {"type": "train", "step": 4, "phase": 1, "step_time_s": 1.25},  # a repeat: last wins
     ]
-    records = train_records(metrics)
+    records = Metrics.from_records(metrics).train
     costs = step_costs(NUMELS, [["output.weight"], list(NUMELS)], 1, 1, 1)
     low, high = costs.per_phase
     assert cumulative_flops(records, costs, [0, 2, 4]) == pytest.approx(

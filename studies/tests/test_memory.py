@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from studies.forgetting.memory import BytesMismatch, check, measured, peak, plan_command
+from studies.forgetting.memory import BytesMismatch, check, measured, peak
 
 
 def _record(step: int, phase: int, params: list[int], state: list[int]) -> dict:
@@ -48,9 +48,3 @@ def test_check_passes_when_equal_and_names_every_difference() -> None:
     assert "phase 2 is only in the plan" in message
     with pytest.raises(BytesMismatch, match=r"peak total per rank: measured \[150, 156\]"):
         check(held, _plan([[20, 24], [40, 44]], [150, 999]), "job")
-
-
-def test_plan_command_asks_for_json_on_the_jobs_ranks() -> None:
-    command = plan_command(["--job.config_file", "a.toml"])
-    assert command[1:] == ["-m", "titan_phases.cli", "plan", "--json", "--world-size", "2",
-                           "--job.config_file", "a.toml"]
