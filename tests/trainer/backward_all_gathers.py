@@ -1,6 +1,6 @@
 """Records every backward pass of a real job, and every FSDP2 all-gather inside one.
 
-Loaded on every rank by ``experimental.custom_import`` (``tiny_spec.py`` imports it). With
+Loaded on every rank through ``tests/trainer/rank_hooks.py`` (``experimental.custom_import``). With
 ``TITAN_PHASES_TEST_ALL_GATHERS=<folder>`` each rank appends one JSON line per backward call to
 ``<folder>/rank<R>.jsonl``, ``{"backward": k, "tensors": n}`` (``n``: the tensors it starts
 from that need grad; a pipeline stage below every trainable one starts from none), and one per
