@@ -55,6 +55,14 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _stopped(pid: int) -> bool:
+    """The process is stopped (state T of ``/proc/<pid>/stat``)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except OSError:
+        return False
+
+
 def _signals(pid: int, field: str) -> set[signal.Signals]:
     """A signal set of ``/proc/<pid>/status``: ``SigCgt`` (those it handles), ``ShdPnd`` (those
     sent to it and not taken yet)."""
@@ -95,6 +103,13 @@ def _ctrl_c(dump: Path, presses: int) -> Iterator[list[signal.Signals]]:
         for rank in ranks:
             os.kill(rank, signal.SIGSTOP)
         try:
+            # SIGSTOP takes effect when the rank is next scheduled: a SIGINT that arrived before
+            # would be taken first (the lower number), never pending.
+            while not all(_stopped(r) for r in ranks):
+                if time.monotonic() > deadline:
+                    failures.append("the ranks never stopped")
+                    return
+                time.sleep(0.005)
             for _ in range(presses):
                 seen = _signals(ranks[0], "ShdPnd")
                 os.kill(launchers[0], signal.SIGINT)
@@ -106,7 +121,8 @@ def _ctrl_c(dump: Path, presses: int) -> Iterator[list[signal.Signals]]:
                 passed_on.extend(_signals(ranks[0], "ShdPnd") - seen)
         finally:
             for rank in ranks:
-                os.kill(rank, signal.SIGCONT)
+                with contextlib.suppress(ProcessLookupError):  # killed by torchrun meanwhile
+                    os.kill(rank, signal.SIGCONT)
 
     thread = threading.Thread(target=press)
     thread.start()
