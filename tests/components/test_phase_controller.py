@@ -153,6 +153,13 @@ def _job_controller(*overrides: str, job: tuple[str, ...] = DEBUG_JOB) -> PhaseC
                                   config.validation.enable)
 
 
+def _refusal(live: PhaseController, saved: dict) -> str:
+    """Why ``live`` refuses to load the controller state ``saved``."""
+    with pytest.raises(ScheduleMismatchError) as refused:
+        live.load_state_dict(saved)
+    return str(refused.value)
+
+
 def _saved_in(phase: int, *overrides: str, job: tuple[str, ...] = DEBUG_JOB) -> dict:
     controller = _job_controller(*overrides, job=job)
     for k in range(phase):
@@ -191,9 +198,7 @@ def _saved_in(phase: int, *overrides: str, job: tuple[str, ...] = DEBUG_JOB) -> 
 def test_a_changed_setting_the_checkpoint_fixes_is_refused_naming_phase_and_key(
     phase, change, said
 ):
-    with pytest.raises(ScheduleMismatchError) as refused:
-        _job_controller(*change).load_state_dict(_saved_in(phase))
-    message = str(refused.value)
+    message = _refusal(_job_controller(*change), _saved_in(phase))
     assert f"the checkpoint is in phase {phase}, and this job changes settings" in message
     assert f"\n  {said}\n" in message
     assert "Restore the values the run was started with, or start a new run" in message
@@ -275,9 +280,7 @@ def test_changed_settings_are_named_at_once_with_changed_params():
     saved.commit(saved.due(10))
     live = PhaseController([10, 20, None], [["norm.weight"], *PARAMS[1:]],
                            phase_settings=[{"[optimizer] lr": 3.0}, *settings[1:]])
-    with pytest.raises(ScheduleMismatchError) as refused:
-        live.load_state_dict(saved.state_dict())
-    message = str(refused.value)
+    message = _refusal(live, saved.state_dict())
     assert "the parameters of phase(s) 0 differ" in message
     assert "\n  [optimizer] lr: 1.0 in the checkpoint, 3.0 now\n" in message
 
@@ -291,9 +294,7 @@ def test_one_line_per_change_names_every_phase_it_was_made_in():
     lrs = [{"lr": None}] + [{"lr": 1e-3}] * 30 + [{"lr": None}] * 3 + [{"lr": 1e-3}] * 6
     live = PhaseController([None] * n, params, phase_settings=lrs,
                            settings_source="[phases.cycle] lr")
-    with pytest.raises(ScheduleMismatchError) as refused:
-        live.load_state_dict(saved.state_dict())
-    message = str(refused.value)
+    message = _refusal(live, saved.state_dict())
     assert "\n  phases 1-30, 34-39 lr: not set in the checkpoint, 0.001 now\n" in message
     assert "The phases' own settings come from [phases.cycle] lr." in message
 

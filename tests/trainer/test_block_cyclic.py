@@ -32,9 +32,9 @@ PP2_FSDP2 = ("--parallelism.pipeline_parallel_degree", "2",
              "--parallelism.data_parallel_shard_degree", "2")
 
 
-def _schedule(*overrides: str) -> ResolvedSchedule:
+def _schedule(*overrides: str, config: Path = CYCLE_JOB) -> ResolvedSchedule:
     register_train_specs()
-    return load_and_validate(parse_job_config(["--job.config_file", str(CYCLE_JOB), *overrides]))
+    return load_and_validate(parse_job_config(["--job.config_file", str(config), *overrides]))
 
 
 def _blocks(names) -> set[str]:
@@ -219,11 +219,7 @@ def badam_cycle(order: str, fixture: dict, tmp_path: Path) -> tuple[Path, Resolv
             phase["max_transition_step"] -= 1
     shifted = tmp_path / f"{order}_badam.toml"
     shifted.write_text(dumps(phases))
-    register_train_specs()
-    schedule = load_and_validate(parse_job_config([
-        "--job.config_file", str(BADAM / "job.toml"), "--phases.schedule_file", str(shifted),
-    ]))
-    return shifted, schedule
+    return shifted, _schedule("--phases.schedule_file", str(shifted), config=BADAM / "job.toml")
 
 
 @pytest.mark.parametrize("order", ["descending", "ascending"])
