@@ -104,6 +104,18 @@ def import_class_path(
     return import_class(qualified_class_path(path, default_module), base, kind)
 
 
+OPTIMIZER_FIELD_ARGS = {
+    "lr": ("lr",),
+    "beta1": ("betas",),
+    "beta2": ("betas",),
+    "eps": ("eps",),
+    "weight_decay": ("weight_decay",),
+    "implementation": ("fused", "foreach"),
+}
+"""``[optimizer]`` field -> the constructor arguments :func:`optimizer_from_config` passes it
+as (torchtitan's mapping)."""
+
+
 def optimizer_from_config(config: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     """Optimizer class and constructor kwargs for torchtitan's ``[optimizer]`` section
     (``torchtitan.config.Optimizer``).
@@ -117,14 +129,11 @@ def optimizer_from_config(config: Any) -> tuple[type[torch.optim.Optimizer], dic
         config.name, torch.optim.Optimizer, OPTIMIZER_MODULE, "an optimizer"
     )
     accepted = inspect.signature(optimizer_cls.__init__).parameters
-    fields = {
-        "lr": ("lr", config.lr),
-        "betas": ("beta1, beta2", (config.beta1, config.beta2)),
-        "eps": ("eps", config.eps),
-        "weight_decay": ("weight_decay", config.weight_decay),
-    }
-    kwargs = {arg: value for arg, (_, value) in fields.items() if arg in accepted}
-    ignored = [field for arg, (field, _) in fields.items() if arg not in accepted]
+    values = {"lr": config.lr, "betas": (config.beta1, config.beta2), "eps": config.eps,
+              "weight_decay": config.weight_decay}
+    kwargs = {arg: value for arg, value in values.items() if arg in accepted}
+    ignored = [field for field, args in OPTIMIZER_FIELD_ARGS.items()
+               if field != "implementation" and not any(arg in accepted for arg in args)]
     if ignored:
         logger.info(
             "optimizer.%s: not arguments of %s, ignored", ", ".join(ignored), optimizer_cls.__name__

@@ -376,18 +376,6 @@ def _is_lambda_scheduler(class_path: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, classes.LAMBDA_SCHEDULERS)
 
 
-# [optimizer] field -> the constructor arguments it is passed as (torchtitan's and
-# classes.optimizer_from_config's mapping).
-_OPTIMIZER_FIELD_ARGS = {
-    "lr": ("lr",),
-    "beta1": ("betas",),
-    "beta2": ("betas",),
-    "eps": ("eps",),
-    "weight_decay": ("weight_decay",),
-    "implementation": ("fused", "foreach"),
-}
-
-
 def optimizer_section_settings(section: Any) -> tuple[tuple[str, Any], ...]:
     """The ``[optimizer]`` fields phase 0's optimizer is built with
     (:func:`~.classes.optimizer_from_config`): ``name`` as the class's dotted path, and each
@@ -399,10 +387,10 @@ def optimizer_section_settings(section: Any) -> tuple[tuple[str, Any], ...]:
         )
     except Exception:  # importing runs the named module's code, which may raise anything
         return (("name", section.name),
-                *((name, getattr(section, name)) for name in _OPTIMIZER_FIELD_ARGS))
+                *((name, getattr(section, name)) for name in classes.OPTIMIZER_FIELD_ARGS))
     accepted = inspect.signature(cls.__init__).parameters
     return (("name", classes.class_path_of(cls)), *(
-        (name, getattr(section, name)) for name, args in _OPTIMIZER_FIELD_ARGS.items()
+        (name, getattr(section, name)) for name, args in classes.OPTIMIZER_FIELD_ARGS.items()
         if any(arg in accepted for arg in args)
     ))
 
