@@ -118,7 +118,7 @@ def parse_job(
 def resolve_job(torchtitan_args: list[str]) -> tuple[Any, ResolvedSchedule]:
     """The job and its schedule; unknown job-config keys are reported with the schedule's
     problems, in one ScheduleError, and the command line's notices are among its warnings."""
-    from titan_phases.prepare import with_notices
+    from titan_phases.prepare import input_error, with_notices
     from titan_phases.schedule import load_and_validate, ScheduleError
     from titan_phases.schedule.errors import unknown_key_problems
 
@@ -129,10 +129,9 @@ def resolve_job(torchtitan_args: list[str]) -> tuple[Any, ResolvedSchedule]:
     try:
         resolved = load_and_validate(job_config)
     except ScheduleError as exc:
-        what = "job config or schedule" if problems else "phase schedule"
-        raise ScheduleError(problems + exc.problems, what) from None
+        raise input_error(problems, exc.problems) from None
     if problems:
-        raise ScheduleError(problems, "job config")
+        raise input_error(problems, [])
     return job_config, with_notices(resolved, notices)
 
 
